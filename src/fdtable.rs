@@ -1,0 +1,235 @@
+//! Per-fd state, lock-free and allocation-free.
+//!
+//! An fd can die behind the shim's back (glibc-internal closes under `fclose()` of an
+//! `fdopen`ed socket, `close_range`, `dup2` over it), so every entry carries the identity of the
+//! socket it describes (its sockfs inode) and is trusted only while that still matches: a reader
+//! passes the inode it just read with `fstat`, and a stale entry reads as empty.
+//!
+//! Storage: a fixed top-level array of chunk pointers (static, 8 KiB) and chunks of 1024 entries
+//! mapped with `mmap` the first time an fd in that chunk is written — so fds up to 2^20 are
+//! covered without a heap allocation, and close/dup touch only atomics.
+
+use libc::c_int;
+use std::sync::atomic::{AtomicPtr, AtomicU64, Ordering::Relaxed};
+
+const CHUNK: usize = 1024;
+const CHUNKS: usize = 1024;
+
+#[derive(Default)]
+struct Entry {
+    /// sockfs inode of the socket this entry describes; 0 = empty.
+    ino: AtomicU64,
+    /// `flag::*` bits.
+    flags: AtomicU64,
+    /// The program's own IP_LOCAL_PORT_RANGE value (low 32 bits).
+    range: AtomicU64,
+}
+
+static TABLE: [AtomicPtr<Entry>; CHUNKS] = [const { AtomicPtr::new(std::ptr::null_mut()) }; CHUNKS];
+
+/// Bits of an entry's flags.
+pub mod flag {
+    /// The shim placed this socket (it is bound inside a slice).
+    pub const PLACED: u64 = 1 << 0;
+    /// The shim changed IP_BIND_ADDRESS_NO_PORT; `PROG_NO_PORT` is the program's own value.
+    pub const SHIM_NO_PORT: u64 = 1 << 1;
+    pub const PROG_NO_PORT: u64 = 1 << 2;
+    /// The shim changed IP_LOCAL_PORT_RANGE; the program's value is in the range word.
+    pub const SHIM_RANGE: u64 = 1 << 3;
+    /// The shim changed SO_REUSEADDR; `PROG_REUSEADDR` is the program's own value.
+    pub const SHIM_REUSEADDR: u64 = 1 << 4;
+    pub const PROG_REUSEADDR: u64 = 1 << 5;
+    /// The program set TCP_FASTOPEN_CONNECT.
+    pub const PROG_FASTOPEN_CONNECT: u64 = 1 << 6;
+    /// The shim bound the socket to a slice IP (an earlier attempt): that IP is not a pin.
+    pub const SHIM_BOUND: u64 = 1 << 9;
+}
+
+fn slot(fd: c_int, create: bool) -> Option<&'static Entry> {
+    let fd = usize::try_from(fd).ok()?;
+    let (hi, lo) = (fd / CHUNK, fd % CHUNK);
+    let top = TABLE.get(hi)?;
+    let mut p = top.load(Relaxed);
+    if p.is_null() {
+        if !create {
+            return None;
+        }
+        let bytes = CHUNK * std::mem::size_of::<Entry>();
+        // SAFETY: anonymous private mapping; zeroed memory is a valid array of Entry (atomics).
+        let m = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                bytes,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+                -1,
+                0,
+            )
+        };
+        if m == libc::MAP_FAILED {
+            return None;
+        }
+        match top.compare_exchange(std::ptr::null_mut(), m as *mut Entry, Relaxed, Relaxed) {
+            Ok(_) => p = m as *mut Entry,
+            Err(other) => {
+                // SAFETY: we own `m`; another thread installed its chunk first.
+                unsafe { libc::munmap(m, bytes) };
+                p = other;
+            }
+        }
+    }
+    // SAFETY: chunks are never unmapped once installed; lo < CHUNK.
+    Some(unsafe { &*p.add(lo) })
+}
+
+/// The identity of the socket behind `fd` (its inode), or `None` if `fd` is not a socket.
+pub fn ino(fd: c_int) -> Option<u64> {
+    // SAFETY: fstat writes into a zeroed stat.
+    let mut st: libc::stat = unsafe { std::mem::zeroed() };
+    if unsafe { libc::fstat(fd, &mut st) } != 0 || st.st_mode & libc::S_IFMT != libc::S_IFSOCK {
+        return None;
+    }
+    Some(st.st_ino)
+}
+
+/// The flags recorded for the socket `ino` at `fd` (0 if none, or if the entry is stale).
+pub fn flags(fd: c_int, ino: u64) -> u64 {
+    match slot(fd, false) {
+        Some(e) if e.ino.load(Relaxed) == ino => e.flags.load(Relaxed),
+        _ => 0,
+    }
+}
+
+/// The program's own IP_LOCAL_PORT_RANGE value recorded for socket `ino` at `fd`.
+pub fn prog_range(fd: c_int, ino: u64) -> u32 {
+    match slot(fd, false) {
+        Some(e) if e.ino.load(Relaxed) == ino => e.range.load(Relaxed) as u32,
+        _ => 0,
+    }
+}
+
+fn claim(fd: c_int, ino: u64) -> Option<&'static Entry> {
+    let e = slot(fd, true)?;
+    if e.ino.load(Relaxed) != ino {
+        e.flags.store(0, Relaxed);
+        e.range.store(0, Relaxed);
+        e.ino.store(ino, Relaxed);
+    }
+    Some(e)
+}
+
+/// Set and clear flags of socket `ino` at `fd` (a stale entry is reset first).
+pub fn update(fd: c_int, ino: u64, set: u64, clear: u64) {
+    if let Some(e) = claim(fd, ino) {
+        e.flags.fetch_and(!clear, Relaxed);
+        e.flags.fetch_or(set, Relaxed);
+    }
+}
+
+/// Record the program's own IP_LOCAL_PORT_RANGE value.
+pub fn set_prog_range(fd: c_int, ino: u64, v: u32) {
+    if let Some(e) = claim(fd, ino) {
+        e.range.store(u64::from(v), Relaxed);
+    }
+}
+
+/// Whether `fd` has an entry at all (cheap: no syscall).
+pub fn occupied(fd: c_int) -> bool {
+    slot(fd, false).is_some_and(|e| e.ino.load(Relaxed) != 0)
+}
+
+/// Forget `fd` (it was closed).
+pub fn clear(fd: c_int) {
+    if let Some(e) = slot(fd, false) {
+        e.ino.store(0, Relaxed);
+    }
+}
+
+/// Forget every fd in `first..=last`.
+pub fn clear_range(first: c_int, last: c_int) {
+    let last = last.min((CHUNK * CHUNKS - 1) as c_int);
+    let mut fd = first.max(0);
+    while fd <= last {
+        let chunk_end = (fd as usize / CHUNK + 1) * CHUNK - 1;
+        if TABLE[fd as usize / CHUNK].load(Relaxed).is_null() {
+            fd = chunk_end as c_int + 1;
+            continue;
+        }
+        clear(fd);
+        fd += 1;
+    }
+}
+
+/// `to` now refers to the same socket as `from` (dup): copy the entry, or clear `to`.
+pub fn copy(from: c_int, to: c_int) {
+    match slot(from, false) {
+        Some(src) if src.ino.load(Relaxed) != 0 => {
+            if let Some(dst) = slot(to, true) {
+                dst.ino.store(0, Relaxed);
+                dst.flags.store(src.flags.load(Relaxed), Relaxed);
+                dst.range.store(src.range.load(Relaxed), Relaxed);
+                dst.ino.store(src.ino.load(Relaxed), Relaxed);
+            }
+        }
+        _ => clear(to),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::fd::AsRawFd;
+
+    #[test]
+    fn entries_follow_socket_identity() {
+        let a = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        let fd = a.as_raw_fd();
+        let ino_a = ino(fd).unwrap();
+        assert_eq!(flags(fd, ino_a), 0);
+        update(fd, ino_a, flag::PLACED | flag::SHIM_NO_PORT, 0);
+        set_prog_range(fd, ino_a, 7);
+        assert_eq!(flags(fd, ino_a), flag::PLACED | flag::SHIM_NO_PORT);
+        assert_eq!(prog_range(fd, ino_a), 7);
+        update(fd, ino_a, 0, flag::SHIM_NO_PORT);
+        assert_eq!(flags(fd, ino_a), flag::PLACED);
+
+        // The fd dies behind our back and a new socket takes its number: the entry is stale.
+        drop(a);
+        let b = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        let ino_b = ino(b.as_raw_fd()).unwrap();
+        assert_ne!(ino_a, ino_b);
+        if b.as_raw_fd() == fd {
+            assert_eq!(flags(fd, ino_b), 0);
+            assert_eq!(prog_range(fd, ino_b), 0);
+        }
+        // Writing for the new socket resets the stale entry first.
+        update(b.as_raw_fd(), ino_b, flag::SHIM_BOUND, 0);
+        assert_eq!(flags(b.as_raw_fd(), ino_b), flag::SHIM_BOUND);
+
+        // dup copies; close clears.
+        copy(b.as_raw_fd(), 5000);
+        assert_eq!(flags(5000, ino_b), flag::SHIM_BOUND);
+        assert!(occupied(5000));
+        clear(5000);
+        assert!(!occupied(5000));
+        assert_eq!(flags(5000, ino_b), 0);
+        copy(4999, 5000); // from an empty entry: clears
+        assert!(!occupied(5000));
+
+        update(3000, 42, flag::PLACED, 0);
+        update(4100, 42, flag::PLACED, 0);
+        clear_range(2900, 5000);
+        assert!(!occupied(3000) && !occupied(4100));
+    }
+
+    #[test]
+    fn out_of_table_fds_are_ignored() {
+        update(-1, 1, flag::PLACED, 0);
+        update(1 << 21, 1, flag::PLACED, 0);
+        assert_eq!(flags(1 << 21, 1), 0);
+        clear_range(6000, c_int::MAX);
+        assert!(ino(-1).is_none());
+        let f = std::fs::File::open("/proc/self/stat").unwrap();
+        assert!(ino(f.as_raw_fd()).is_none(), "files are not sockets");
+    }
+}

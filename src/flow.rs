@@ -1,0 +1,376 @@
+//! The body of each hook, once the guard is taken: gather the facts about the socket, ask
+//! `scope::decide`, hand off to a strategy, and leave errno as the program expects.
+//!
+//! Every function here returns what the hook returns and sets errno itself: on success errno is
+//! restored to its value at entry (the shim's own syscalls must not leak into it).
+
+use crate::fdtable::{self, flag};
+use crate::scope::{self, Call, Decision, Leave, Proto};
+use crate::stats::{self, C};
+use crate::strategy::kernel::{self, Placed};
+use crate::sys::addr;
+use crate::sys::sysctl::IP_LOCAL_PORT_RANGE;
+use crate::{errno, mode, real, Active, Mode, Tcp};
+use libc::{c_int, c_void, sockaddr, socklen_t};
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
+
+/// The facts about a socket that decisions need.
+struct Sock {
+    family: c_int,
+    proto: Proto,
+    local: SocketAddr,
+}
+
+impl Sock {
+    /// `None` unless `fd` is an AF_INET/AF_INET6 TCP or UDP socket.
+    fn of(fd: c_int) -> Option<Sock> {
+        let proto = scope::proto(addr::get_int(fd, libc::SOL_SOCKET, libc::SO_PROTOCOL)?)?;
+        let (family, local) = addr::local(fd)?;
+        matches!(family, libc::AF_INET | libc::AF_INET6).then_some(Sock { family, proto, local })
+    }
+}
+
+fn warn_once(flag: &AtomicBool, msg: impl FnOnce() -> String) {
+    if !flag.swap(true, Relaxed) {
+        log::warn!("{}", msg());
+    }
+}
+
+/// Return `ret` with `e` (0 = restore `e0`).
+fn finish(ret: isize, e: c_int, e0: c_int) -> isize {
+    errno::set(if ret >= 0 || e == 0 { e0 } else { e });
+    ret
+}
+
+fn fail(e: c_int) -> isize {
+    errno::set(e);
+    -1
+}
+
+/// An outgoing flow: connect(), or a send that starts one (TCP Fast Open; first UDP send).
+/// `attempt` performs the program's call on `fd`; `pass` does it untouched.
+unsafe fn outgoing(fd: c_int, dst: SocketAddr, call: Call, mut attempt: impl FnMut() -> isize) -> isize {
+    let e0 = errno::get();
+    let pass = |attempt: &mut dyn FnMut() -> isize| {
+        errno::set(e0);
+        attempt()
+    };
+    let active = match mode() {
+        Some(Mode::Active(a)) => a,
+        Some(Mode::Deny) => {
+            return match Sock::of(fd) {
+                Some(s) if call == Call::Connect || s.local.port() == 0 => {
+                    stats::bump(C::denied);
+                    fail(libc::EPERM)
+                }
+                _ => pass(&mut attempt),
+            }
+        }
+        _ => return pass(&mut attempt),
+    };
+    let Some(sock) = Sock::of(fd) else {
+        stats::bump(C::passed_through);
+        return pass(&mut attempt);
+    };
+    let Some(ino) = fdtable::ino(fd) else { return pass(&mut attempt) };
+    let flags = fdtable::flags(fd, ino);
+    if flags & flag::PLACED != 0 {
+        return pass(&mut attempt);
+    }
+    match scope::decide(&active.cfg, sock.local, flags & flag::SHIM_BOUND != 0, dst, call) {
+        Decision::Leave(why) => {
+            leave(why, &sock, dst);
+            pass(&mut attempt)
+        }
+        Decision::Place { v6, pinned } => match sock.proto {
+            Proto::Tcp => place_tcp(active, fd, ino, &sock, v6, pinned, dst, e0, attempt),
+            Proto::Udp => {
+                static ONCE: AtomicBool = AtomicBool::new(false);
+                warn_once(&ONCE, || {
+                    "UDP placement is not available in this build: in-scope UDP flows fail with \
+                     EAGAIN rather than leave from outside the slice"
+                        .into()
+                });
+                stats::bump(C::exhausted);
+                fail(libc::EAGAIN)
+            }
+        },
+    }
+}
+
+fn leave(why: Leave, sock: &Sock, dst: SocketAddr) {
+    match why {
+        Leave::Skipped => stats::bump(C::skipped_dest),
+        Leave::BadDestination => stats::bump(C::passed_through),
+        Leave::NoSliceFamily => {
+            stats::bump(C::no_slice_family);
+            log::info!("no slice of the family of {dst}: flow left alone");
+        }
+        Leave::BoundByProgram => {
+            stats::bump(C::bound_by_program);
+            static ONCE: AtomicBool = AtomicBool::new(false);
+            warn_once(&ONCE, || {
+                format!(
+                    "the program bound a socket to {} itself; its flows (to {dst} and others) are \
+                     left alone (warned once per process)",
+                    sock.local
+                )
+            });
+        }
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+fn place_tcp(
+    active: &Active,
+    fd: c_int,
+    ino: u64,
+    sock: &Sock,
+    v6: bool,
+    pinned: Option<std::net::IpAddr>,
+    dst: SocketAddr,
+    e0: c_int,
+    mut attempt: impl FnMut() -> isize,
+) -> isize {
+    if let Tcp::Unavailable(why) = &active.tcp {
+        static ONCE: AtomicBool = AtomicBool::new(false);
+        warn_once(&ONCE, || format!("TCP connect refused (EADDRNOTAVAIL): {why}"));
+        log::debug!("connect fd {fd} to {dst}: refused, {why}");
+        stats::bump(C::exhausted);
+        return fail(libc::EADDRNOTAVAIL);
+    }
+    let cfg = &active.cfg;
+    let rotate = active.rotate.fetch_add(1, Relaxed);
+    // The IP the socket is already bound to with port 0: the program's pin, or our earlier bind.
+    let bound = pinned.or_else(|| {
+        let ip = crate::config::canonical(sock.local.ip());
+        (!ip.is_unspecified()).then_some(ip)
+    });
+    fdtable::update(fd, ino, flag::SHIM_NO_PORT | flag::SHIM_RANGE, 0);
+    let r = kernel::place(fd, sock.family, scope::candidates(cfg, v6, pinned, rotate), bound, || {
+        let r = attempt();
+        (r, if r >= 0 { 0 } else { errno::get() })
+    });
+    match r {
+        Placed::Ok { ret, errno: e, slice, local } => {
+            fdtable::update(fd, ino, flag::PLACED | flag::SHIM_BOUND, 0);
+            stats::bump(C::placed_tcp_kernel);
+            log::debug!("tcp fd {fd} to {dst}: placed at {local} (slice {slice}, kernel)");
+            finish(ret, e, e0)
+        }
+        Placed::Failed { ret, errno: e } => {
+            fdtable::update(fd, ino, flag::SHIM_BOUND, 0);
+            log::debug!("tcp fd {fd} to {dst}: {}", std::io::Error::from_raw_os_error(e));
+            finish(ret, e, e0)
+        }
+        Placed::Exhausted => {
+            fdtable::update(fd, ino, flag::SHIM_BOUND, 0);
+            log::info!("tcp fd {fd} to {dst}: every slice is exhausted for this destination (EADDRNOTAVAIL)");
+            fail(libc::EADDRNOTAVAIL)
+        }
+        Placed::NotLocal(ip) => {
+            static ONCE: AtomicBool = AtomicBool::new(false);
+            warn_once(&ONCE, || {
+                format!("slice IP {ip} is not assigned to this host: its slices cannot be used")
+            });
+            fail(libc::EADDRNOTAVAIL)
+        }
+        Placed::Outside { slice, local } => {
+            stats::bump(C::outside_slice);
+            log::error!(
+                "tcp fd {fd} to {dst}: the kernel chose {local}, outside slice {slice} (has \
+                 net.ipv4.ip_local_port_range changed?); connection aborted (EADDRNOTAVAIL)"
+            );
+            fail(libc::EADDRNOTAVAIL)
+        }
+        Placed::Setup(e) => {
+            log::error!(
+                "tcp fd {fd} to {dst}: cannot prepare the socket: {} (EADDRNOTAVAIL)",
+                std::io::Error::from_raw_os_error(e)
+            );
+            fail(libc::EADDRNOTAVAIL)
+        }
+    }
+}
+
+pub unsafe fn connect(fd: c_int, sa: *const sockaddr, len: socklen_t) -> c_int {
+    let Some(dst) = addr::parse(sa, len) else {
+        return real::connect(fd, sa, len);
+    };
+    outgoing(fd, dst, Call::Connect, || real::connect(fd, sa, len) as isize) as c_int
+}
+
+pub unsafe fn sendto(
+    fd: c_int,
+    buf: *const c_void,
+    n: usize,
+    flags: c_int,
+    sa: *const sockaddr,
+    len: socklen_t,
+) -> isize {
+    if flags & libc::MSG_FASTOPEN != 0 || matches!(mode(), Some(Mode::Deny)) {
+        if let Some(dst) = addr::parse(sa, len) {
+            let call = if flags & libc::MSG_FASTOPEN != 0 { Call::Connect } else { Call::FirstSend };
+            return outgoing(fd, dst, call, || real::sendto(fd, buf, n, flags, sa, len));
+        }
+    }
+    real::sendto(fd, buf, n, flags, sa, len)
+}
+
+pub unsafe fn sendmsg(fd: c_int, msg: *const libc::msghdr, flags: c_int) -> isize {
+    if !msg.is_null() && (flags & libc::MSG_FASTOPEN != 0 || matches!(mode(), Some(Mode::Deny))) {
+        let m = &*msg;
+        if let Some(dst) = addr::parse(m.msg_name as *const sockaddr, m.msg_namelen) {
+            let call = if flags & libc::MSG_FASTOPEN != 0 { Call::Connect } else { Call::FirstSend };
+            return outgoing(fd, dst, call, || real::sendmsg(fd, msg, flags));
+        }
+    }
+    real::sendmsg(fd, msg, flags)
+}
+
+pub unsafe fn sendmmsg(fd: c_int, msgs: *mut libc::mmsghdr, n: libc::c_uint, flags: c_int) -> c_int {
+    if !msgs.is_null() && n > 0 && matches!(mode(), Some(Mode::Deny)) {
+        let m = &(*msgs).msg_hdr;
+        if let Some(dst) = addr::parse(m.msg_name as *const sockaddr, m.msg_namelen) {
+            return outgoing(fd, dst, Call::FirstSend, || real::sendmmsg(fd, msgs, n, flags) as isize)
+                as c_int;
+        }
+    }
+    real::sendmmsg(fd, msgs, n, flags)
+}
+
+/// Options whose program-visible value the shim keeps (it changes them on placed sockets).
+fn tracked(level: c_int, name: c_int) -> bool {
+    matches!(
+        (level, name),
+        (libc::IPPROTO_IP, libc::IP_BIND_ADDRESS_NO_PORT)
+            | (libc::IPPROTO_IP, IP_LOCAL_PORT_RANGE)
+            | (libc::SOL_SOCKET, libc::SO_REUSEADDR)
+            | (libc::IPPROTO_TCP, libc::TCP_FASTOPEN_CONNECT)
+    )
+}
+
+unsafe fn read_int(val: *const c_void, len: socklen_t) -> u32 {
+    match len {
+        0 => 0,
+        1..=3 => u32::from(*(val as *const u8)),
+        _ => std::ptr::read_unaligned(val as *const u32),
+    }
+}
+
+pub unsafe fn setsockopt(fd: c_int, level: c_int, name: c_int, val: *const c_void, len: socklen_t) -> c_int {
+    let r = real::setsockopt(fd, level, name, val, len);
+    if r != 0 || val.is_null() || !tracked(level, name) || !matches!(mode(), Some(Mode::Active(_))) {
+        return r;
+    }
+    let e0 = errno::get();
+    if let Some(ino) = fdtable::ino(fd) {
+        let v = read_int(val, len);
+        let bit = |set: bool, b: u64| if set { (b, 0) } else { (0, b) };
+        let (set, clear) = match (level, name) {
+            (libc::IPPROTO_IP, libc::IP_BIND_ADDRESS_NO_PORT) => bit(v != 0, flag::PROG_NO_PORT),
+            (libc::SOL_SOCKET, libc::SO_REUSEADDR) => bit(v != 0, flag::PROG_REUSEADDR),
+            (libc::IPPROTO_TCP, libc::TCP_FASTOPEN_CONNECT) => bit(v != 0, flag::PROG_FASTOPEN_CONNECT),
+            _ => {
+                fdtable::set_prog_range(fd, ino, v);
+                (0, 0)
+            }
+        };
+        fdtable::update(fd, ino, set, clear);
+    }
+    errno::set(e0);
+    r
+}
+
+pub unsafe fn getsockopt(
+    fd: c_int,
+    level: c_int,
+    name: c_int,
+    val: *mut c_void,
+    len: *mut socklen_t,
+) -> c_int {
+    let r = real::getsockopt(fd, level, name, val, len);
+    if r != 0 || val.is_null() || len.is_null() || !tracked(level, name) || !fdtable::occupied(fd) {
+        return r;
+    }
+    let e0 = errno::get();
+    if let Some(ino) = fdtable::ino(fd) {
+        let f = fdtable::flags(fd, ino);
+        let own = match (level, name) {
+            (libc::IPPROTO_IP, libc::IP_BIND_ADDRESS_NO_PORT) if f & flag::SHIM_NO_PORT != 0 => {
+                Some(u32::from(f & flag::PROG_NO_PORT != 0))
+            }
+            (libc::IPPROTO_IP, IP_LOCAL_PORT_RANGE) if f & flag::SHIM_RANGE != 0 => {
+                Some(fdtable::prog_range(fd, ino))
+            }
+            (libc::SOL_SOCKET, libc::SO_REUSEADDR) if f & flag::SHIM_REUSEADDR != 0 => {
+                Some(u32::from(f & flag::PROG_REUSEADDR != 0))
+            }
+            _ => None,
+        };
+        if let Some(v) = own {
+            let n = (*len as usize).min(4);
+            std::ptr::copy_nonoverlapping(v.to_ne_bytes().as_ptr(), val as *mut u8, n);
+        }
+    }
+    errno::set(e0);
+    r
+}
+
+pub unsafe fn close(fd: c_int) -> c_int {
+    if fdtable::occupied(fd) && !crate::in_shared_child() {
+        fdtable::clear(fd);
+    }
+    real::close(fd)
+}
+
+/// After a dup of `old` into `new` (r >= 0).
+fn duped(old: c_int, new: c_int) {
+    if new >= 0
+        && old != new
+        && (fdtable::occupied(old) || fdtable::occupied(new))
+        && !crate::in_shared_child()
+    {
+        fdtable::copy(old, new);
+    }
+}
+
+pub unsafe fn dup(fd: c_int) -> c_int {
+    let r = real::dup(fd);
+    duped(fd, r);
+    r
+}
+
+pub unsafe fn dup2(old: c_int, new: c_int) -> c_int {
+    let r = real::dup2(old, new);
+    duped(old, r);
+    r
+}
+
+pub unsafe fn dup3(old: c_int, new: c_int, flags: c_int) -> c_int {
+    let r = real::dup3(old, new, flags);
+    duped(old, r);
+    r
+}
+
+pub fn fcntl_done(fd: c_int, cmd: c_int, r: c_int) -> c_int {
+    if matches!(cmd, libc::F_DUPFD | libc::F_DUPFD_CLOEXEC) {
+        duped(fd, r);
+    }
+    r
+}
+
+pub unsafe fn close_range(first: libc::c_uint, last: libc::c_uint, flags: c_int) -> c_int {
+    if flags & libc::CLOSE_RANGE_CLOEXEC as c_int == 0 && !crate::in_shared_child() {
+        fdtable::clear_range(first.min(c_int::MAX as u32) as c_int, last.min(c_int::MAX as u32) as c_int);
+    }
+    real::close_range(first, last, flags)
+}
+
+pub unsafe fn closefrom(low: c_int) {
+    if !crate::in_shared_child() {
+        fdtable::clear_range(low, c_int::MAX);
+    }
+    real::closefrom(low)
+}

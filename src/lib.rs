@@ -1,0 +1,231 @@
+//! `libportrange.so`: an LD_PRELOAD shim that makes a program's outgoing TCP and UDP flows leave
+//! from a configured slice (one source IP and a range of its ports). See SPEC.md for the contract
+//! and README.md for the layout; the path of a call is
+//! `hooks` → `guard` → `flow` (→ `scope::decide`) → `strategy::*` → errno/return.
+
+pub mod config;
+mod errno;
+mod fdtable;
+#[cfg_attr(test, allow(dead_code))]
+mod flow;
+mod guard;
+mod log;
+#[cfg_attr(test, allow(dead_code))]
+mod real;
+mod scope;
+mod stats;
+mod strategy;
+mod sys;
+
+#[cfg(not(test))]
+mod hooks;
+
+use config::{Config, OnError, StrategyChoice};
+use std::sync::atomic::{AtomicI32, AtomicUsize, Ordering::Relaxed};
+use std::sync::OnceLock;
+
+/// How TCP flows are placed in this process (one choice for its whole life).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Tcp {
+    Kernel,
+    /// No strategy can honour the configuration here; in-scope TCP connects fail with this reason.
+    Unavailable(String),
+}
+
+impl Tcp {
+    fn name(&self) -> &'static str {
+        match self {
+            Tcp::Kernel => "kernel",
+            Tcp::Unavailable(_) => "unavailable",
+        }
+    }
+}
+
+pub struct Active {
+    pub cfg: Config,
+    pub tcp: Tcp,
+    /// Rotating start among several slices of one family.
+    pub rotate: AtomicUsize,
+}
+
+pub enum Mode {
+    /// PORTRANGE unset/empty, or invalid with PORTRANGE_ON_ERROR=passthrough.
+    Inactive,
+    /// Invalid configuration with PORTRANGE_ON_ERROR=deny: in-scope connects/sends get EPERM.
+    Deny,
+    Active(Active),
+}
+
+static MODE: OnceLock<Mode> = OnceLock::new();
+static STATS_PATH: OnceLock<String> = OnceLock::new();
+/// This process's pid, updated in the fork child; a mismatch with getpid() means we run in a
+/// vfork child (or a raw clone) that shares the parent's memory and must not change its state.
+static PID: AtomicI32 = AtomicI32::new(0);
+
+/// The mode, once the constructor has run (`None` before: every call passes through).
+pub fn mode() -> Option<&'static Mode> {
+    MODE.get()
+}
+
+/// True in a vfork child (shared memory with the parent).
+pub fn in_shared_child() -> bool {
+    // SAFETY: getpid has no preconditions.
+    PID.load(Relaxed) != unsafe { libc::getpid() }
+}
+
+/// The library constructor: parse the configuration once, set up logging, probe the kernel.
+#[cfg(not(test))]
+#[used]
+#[link_section = ".init_array"]
+static INIT: extern "C" fn() = init;
+
+#[cfg_attr(test, allow(dead_code))]
+extern "C" fn init() {
+    let Some(_inside) = guard::enter() else { return };
+    let _ = std::panic::catch_unwind(|| {
+        let mode = build_mode();
+        let _ = MODE.set(mode);
+    });
+}
+
+fn env(k: &str) -> Option<String> {
+    // Non-UTF-8 values are kept (lossily) so that they are reported as invalid, not ignored.
+    std::env::var_os(k).map(|v| v.to_string_lossy().into_owned())
+}
+
+fn build_mode() -> Mode {
+    let parsed = config::parse(env);
+    let Some(result) = parsed.config else { return Mode::Inactive };
+
+    // SAFETY: getpid has no preconditions.
+    PID.store(unsafe { libc::getpid() }, Relaxed);
+    log::init(&parsed.log);
+    std::panic::set_hook(Box::new(|info| {
+        ::log::error!("internal error (the call fails, the program goes on): {info}");
+    }));
+    for w in &parsed.warnings {
+        log::line(&format!("warning: {w}"));
+    }
+    if let Some(p) = parsed.stats {
+        let _ = STATS_PATH.set(p);
+    }
+    at_exit_and_fork();
+
+    let cfg = match result {
+        Ok(cfg) => cfg,
+        Err(errors) => {
+            for e in &errors {
+                config_error(&e.to_string(), parsed.on_error);
+            }
+            return on_error(parsed.on_error);
+        }
+    };
+    match choose_tcp(&cfg) {
+        Ok(tcp) => {
+            if tcp == Tcp::Kernel && sys::sysctl::tcp_tw_reuse() != Some(1) {
+                ::log::info!(
+                    "kernel strategy with net.ipv4.tcp_tw_reuse != 1: a 4-tuple in TIME_WAIT stays \
+                     unusable for 60 s (loopback: 1 s)"
+                );
+            }
+            ::log::debug!(
+                "active: slices {}; skip {}; tcp strategy {}",
+                cfg.slices.iter().map(|s| s.to_string()).collect::<Vec<_>>().join(","),
+                cfg.skip.iter().map(|s| s.to_string()).collect::<Vec<_>>().join(","),
+                tcp.name()
+            );
+            Mode::Active(Active { cfg, tcp, rotate: AtomicUsize::new(0) })
+        }
+        Err(why) => {
+            config_error(&why, parsed.on_error);
+            on_error(parsed.on_error)
+        }
+    }
+}
+
+fn config_error(what: &str, on_error: OnError) {
+    let consequence = match on_error {
+        OnError::Deny => "TCP/UDP connects and first sends will fail with EPERM (PORTRANGE_ON_ERROR=deny)",
+        OnError::Passthrough => "the shim is inactive (PORTRANGE_ON_ERROR=passthrough)",
+    };
+    log::line(&format!("error: {what} — {consequence}"));
+}
+
+fn on_error(o: OnError) -> Mode {
+    match o {
+        OnError::Deny => Mode::Deny,
+        OnError::Passthrough => Mode::Inactive,
+    }
+}
+
+/// Whether the kernel strategy can honour every slice here, and why not.
+pub fn kernel_obstacle(cfg: &Config) -> Option<String> {
+    if !sys::sysctl::has_local_port_range() {
+        return Some("this kernel has no IP_LOCAL_PORT_RANGE (Linux 6.3+)".into());
+    }
+    let Some((lo, hi)) = sys::sysctl::local_port_range() else {
+        return Some("cannot read net.ipv4.ip_local_port_range".into());
+    };
+    let outside: Vec<String> =
+        cfg.slices.iter().filter(|s| s.lo < lo || s.hi > hi).map(|s| s.to_string()).collect();
+    if !outside.is_empty() {
+        return Some(format!(
+            "slice {} lies outside net.ipv4.ip_local_port_range {lo}-{hi}, and the kernel clamps \
+             IP_LOCAL_PORT_RANGE to it",
+            outside.join(", ")
+        ));
+    }
+    None
+}
+
+fn choose_tcp(cfg: &Config) -> Result<Tcp, String> {
+    let obstacle = kernel_obstacle(cfg);
+    match (cfg.strategy, obstacle) {
+        (StrategyChoice::Kernel | StrategyChoice::Auto, None) => Ok(Tcp::Kernel),
+        (StrategyChoice::Kernel, Some(why)) => {
+            Err(format!("PORTRANGE_STRATEGY=kernel cannot be honoured: {why}"))
+        }
+        (StrategyChoice::Auto, Some(why)) => Ok(Tcp::Unavailable(format!(
+            "no TCP strategy can place flows here: {why} (the retry strategy is not built yet)"
+        ))),
+        (StrategyChoice::Retry, _) => {
+            Err("PORTRANGE_STRATEGY=retry: the retry strategy is not available in this build".into())
+        }
+    }
+}
+
+extern "C" fn write_stats() {
+    let Some(path) = STATS_PATH.get() else { return };
+    let Some(_inside) = guard::enter() else { return };
+    let _ = std::panic::catch_unwind(|| {
+        let strategy = match MODE.get() {
+            Some(Mode::Active(a)) => a.tcp.name(),
+            Some(Mode::Deny) => "deny",
+            _ => "inactive",
+        };
+        let line = stats::json(std::process::id() as i32, strategy) + "\n";
+        use std::io::Write;
+        let r = std::fs::OpenOptions::new()
+            .append(true)
+            .create(true)
+            .open(path)
+            .and_then(|mut f| f.write_all(line.as_bytes()));
+        if let Err(e) = r {
+            ::log::warn!("PORTRANGE_STATS={path:?}: cannot write statistics: {e}");
+        }
+    });
+}
+
+extern "C" fn after_fork_child() {
+    // SAFETY: getpid has no preconditions.
+    PID.store(unsafe { libc::getpid() }, Relaxed);
+    stats::reset();
+}
+
+fn at_exit_and_fork() {
+    // SAFETY: registering plain extern "C" functions that live as long as the process.
+    unsafe {
+        libc::atexit(write_stats);
+        libc::pthread_atfork(None, None, Some(after_fork_child));
+    }
+}

@@ -1,0 +1,68 @@
+//! The real libc functions, found with `dlsym(RTLD_NEXT, ...)` on first use and cached in an
+//! atomic (a race resolves twice, harmlessly). The shim's own calls use these directly, so they
+//! never pass through its hooks; the re-entry guard covers whatever still does (std's `close`).
+
+use libc::{c_int, c_uint, c_ulong, c_void, sockaddr, socklen_t, ssize_t};
+use std::sync::atomic::{AtomicPtr, Ordering};
+
+fn resolve(slot: &AtomicPtr<c_void>, names: &[&std::ffi::CStr]) -> *mut c_void {
+    let p = slot.load(Ordering::Relaxed);
+    if !p.is_null() {
+        return p;
+    }
+    for name in names {
+        // SAFETY: dlsym with a NUL-terminated name; RTLD_NEXT searches the objects after ours.
+        let p = unsafe { libc::dlsym(libc::RTLD_NEXT, name.as_ptr()) };
+        if !p.is_null() {
+            slot.store(p, Ordering::Relaxed);
+            return p;
+        }
+    }
+    std::ptr::null_mut()
+}
+
+macro_rules! real {
+    ($( $name:ident [$($sym:literal),+] : fn($($arg:ident: $ty:ty),*) -> $ret:ty; )*) => {$(
+        /// The next definition of this libc function after the shim's.
+        pub unsafe fn $name($($arg: $ty),*) -> $ret {
+            static SLOT: AtomicPtr<c_void> = AtomicPtr::new(std::ptr::null_mut());
+            let p = resolve(&SLOT, &[$($sym),+]);
+            if p.is_null() {
+                crate::errno::set(libc::ENOSYS);
+                return -1 as $ret;
+            }
+            // SAFETY: the symbol has this C signature in glibc.
+            let f: unsafe extern "C" fn($($ty),*) -> $ret = std::mem::transmute(p);
+            f($($arg),*)
+        }
+    )*};
+}
+
+real! {
+    connect [c"connect"]: fn(fd: c_int, addr: *const sockaddr, len: socklen_t) -> c_int;
+    bind [c"bind"]: fn(fd: c_int, addr: *const sockaddr, len: socklen_t) -> c_int;
+    setsockopt [c"setsockopt"]: fn(fd: c_int, level: c_int, name: c_int, val: *const c_void, len: socklen_t) -> c_int;
+    getsockopt [c"getsockopt"]: fn(fd: c_int, level: c_int, name: c_int, val: *mut c_void, len: *mut socklen_t) -> c_int;
+    getsockname [c"getsockname"]: fn(fd: c_int, addr: *mut sockaddr, len: *mut socklen_t) -> c_int;
+    sendto [c"sendto"]: fn(fd: c_int, buf: *const c_void, n: usize, flags: c_int, addr: *const sockaddr, len: socklen_t) -> ssize_t;
+    sendmsg [c"sendmsg"]: fn(fd: c_int, msg: *const libc::msghdr, flags: c_int) -> ssize_t;
+    sendmmsg [c"sendmmsg"]: fn(fd: c_int, msgs: *mut libc::mmsghdr, n: c_uint, flags: c_int) -> c_int;
+    close [c"close"]: fn(fd: c_int) -> c_int;
+    dup [c"dup"]: fn(fd: c_int) -> c_int;
+    dup2 [c"dup2"]: fn(old: c_int, new: c_int) -> c_int;
+    dup3 [c"dup3"]: fn(old: c_int, new: c_int, flags: c_int) -> c_int;
+    fcntl [c"fcntl"]: fn(fd: c_int, cmd: c_int, arg: c_ulong) -> c_int;
+    fcntl64 [c"fcntl64", c"fcntl"]: fn(fd: c_int, cmd: c_int, arg: c_ulong) -> c_int;
+    close_range [c"close_range"]: fn(first: c_uint, last: c_uint, flags: c_int) -> c_int;
+}
+
+/// `closefrom` returns nothing, so it has its own resolver.
+pub unsafe fn closefrom(lowfd: c_int) {
+    static SLOT: AtomicPtr<c_void> = AtomicPtr::new(std::ptr::null_mut());
+    let p = resolve(&SLOT, &[c"closefrom"]);
+    if !p.is_null() {
+        // SAFETY: glibc's `void closefrom(int)`.
+        let f: unsafe extern "C" fn(c_int) = std::mem::transmute(p);
+        f(lowfd)
+    }
+}

@@ -1,0 +1,81 @@
+//! Counters: relaxed atomics, bumped on decision paths, written as one JSON line at exit.
+
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+
+macro_rules! counters {
+    ($($name:ident),* $(,)?) => {
+        /// Every counter, by name.
+        #[allow(non_camel_case_types, dead_code)]
+        #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+        pub enum C { $($name),* }
+        const NAMES: &[&str] = &[$(stringify!($name)),*];
+    };
+}
+
+counters! {
+    // flows the shim placed in a slice, by protocol and strategy
+    placed_tcp_kernel,
+    placed_tcp_retry,
+    placed_udp,
+    // port attempts (each bind/connect of a candidate port) and conflicts found
+    attempts,
+    conflicts,
+    // a slice (or all slices) had no free port for the destination
+    exhausted,
+    // flows left alone, by reason
+    skipped_dest,
+    no_slice_family,
+    bound_by_program,
+    // calls outside the shim's scope (other families/protocols, inactive, ...)
+    passed_through,
+    // connects/sends refused because the configuration is invalid
+    denied,
+    // a placement aborted because the kernel chose a port outside the slice
+    outside_slice,
+    // internal errors (a panic caught at a hook boundary)
+    internal_errors,
+}
+
+const N: usize = NAMES.len();
+static VALUES: [AtomicU64; N] = [const { AtomicU64::new(0) }; N];
+
+pub fn bump(c: C) {
+    add(c, 1)
+}
+
+pub fn add(c: C, n: u64) {
+    VALUES[c as usize].fetch_add(n, Relaxed);
+}
+
+/// A forked child starts its own count.
+pub fn reset() {
+    for v in &VALUES {
+        v.store(0, Relaxed);
+    }
+}
+
+/// `{"pid":..,"placed_tcp_kernel":..,...}`
+pub fn json(pid: i32, strategy: &str) -> String {
+    let mut s = format!("{{\"pid\":{pid},\"strategy\":\"{strategy}\"");
+    for (name, v) in NAMES.iter().zip(VALUES.iter()) {
+        s.push_str(&format!(",\"{name}\":{}", v.load(Relaxed)));
+    }
+    s.push('}');
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn counts_and_json() {
+        bump(C::conflicts);
+        add(C::conflicts, 2);
+        assert!(VALUES[C::conflicts as usize].load(Relaxed) >= 3);
+        let j = json(7, "kernel");
+        assert!(j.starts_with("{\"pid\":7,\"strategy\":\"kernel\",\"placed_tcp_kernel\":"));
+        assert!(j.contains("\"conflicts\":") && j.ends_with('}'));
+        assert_eq!(j.matches(':').count(), NAMES.len() + 2);
+    }
+}

@@ -1,0 +1,2 @@
+//! The ways of placing a flow in a slice.
+pub mod kernel;

@@ -1,0 +1,4 @@
+//! Kernel-facing pieces, each small and tested against the real kernel.
+pub mod addr;
+pub mod ownfd;
+pub mod sysctl;
