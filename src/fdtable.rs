@@ -43,6 +43,12 @@ pub mod flag {
     pub const PROG_FASTOPEN_CONNECT: u64 = 1 << 6;
     /// The shim bound the socket to a slice IP (an earlier attempt): that IP is not a pin.
     pub const SHIM_BOUND: u64 = 1 << 9;
+    /// The program called bind(wildcard, 0): the real bind waits for listen/getsockname (which
+    /// need the port) or is replaced by the placement at connect / first send.
+    pub const DEFERRED_BIND: u64 = 1 << 10;
+    /// A deferred wildcard bind was carried out (the program asked for the port): the port is the
+    /// kernel's choice, not the program's.
+    pub const WILDCARD_PORT: u64 = 1 << 11;
 }
 
 fn slot(fd: c_int, create: bool) -> Option<&'static Entry> {

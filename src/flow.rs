@@ -81,6 +81,9 @@ unsafe fn outgoing(fd: c_int, dst: SocketAddr, call: Call, mut attempt: impl FnM
     match scope::decide(&active.cfg, sock.local, flags & flag::SHIM_BOUND != 0, dst, call) {
         Decision::Leave(why) => {
             leave(why, &sock, dst);
+            if flags & flag::DEFERRED_BIND != 0 {
+                materialize(fd, ino, sock.family);
+            }
             pass(&mut attempt)
         }
         Decision::Place { v6, pinned } => match sock.proto {
@@ -154,18 +157,18 @@ fn place_tcp(
     });
     match r {
         Placed::Ok { ret, errno: e, slice, local } => {
-            fdtable::update(fd, ino, flag::PLACED | flag::SHIM_BOUND, 0);
+            fdtable::update(fd, ino, flag::PLACED | flag::SHIM_BOUND, flag::DEFERRED_BIND);
             stats::bump(C::placed_tcp_kernel);
             log::debug!("tcp fd {fd} to {dst}: placed at {local} (slice {slice}, kernel)");
             finish(ret, e, e0)
         }
         Placed::Failed { ret, errno: e } => {
-            fdtable::update(fd, ino, flag::SHIM_BOUND, 0);
+            fdtable::update(fd, ino, flag::SHIM_BOUND, flag::DEFERRED_BIND);
             log::debug!("tcp fd {fd} to {dst}: {}", std::io::Error::from_raw_os_error(e));
             finish(ret, e, e0)
         }
         Placed::Exhausted => {
-            fdtable::update(fd, ino, flag::SHIM_BOUND, 0);
+            fdtable::update(fd, ino, flag::SHIM_BOUND, flag::DEFERRED_BIND);
             log::info!("tcp fd {fd} to {dst}: every slice is exhausted for this destination (EADDRNOTAVAIL)");
             fail(libc::EADDRNOTAVAIL)
         }
@@ -215,9 +218,9 @@ pub unsafe fn sendto(
             return outgoing(fd, dst, call, || real::sendto(fd, buf, n, flags, sa, len));
         }
     }
+    materialize_if_deferred(fd);
     real::sendto(fd, buf, n, flags, sa, len)
 }
-
 pub unsafe fn sendmsg(fd: c_int, msg: *const libc::msghdr, flags: c_int) -> isize {
     if !msg.is_null() && (flags & libc::MSG_FASTOPEN != 0 || matches!(mode(), Some(Mode::Deny))) {
         let m = &*msg;
@@ -226,6 +229,7 @@ pub unsafe fn sendmsg(fd: c_int, msg: *const libc::msghdr, flags: c_int) -> isiz
             return outgoing(fd, dst, call, || real::sendmsg(fd, msg, flags));
         }
     }
+    materialize_if_deferred(fd);
     real::sendmsg(fd, msg, flags)
 }
 
@@ -237,6 +241,7 @@ pub unsafe fn sendmmsg(fd: c_int, msgs: *mut libc::mmsghdr, n: libc::c_uint, fla
                 as c_int;
         }
     }
+    materialize_if_deferred(fd);
     real::sendmmsg(fd, msgs, n, flags)
 }
 
@@ -373,4 +378,105 @@ pub unsafe fn closefrom(low: c_int) {
         fdtable::clear_range(low, c_int::MAX);
     }
     real::closefrom(low)
+}
+
+/// Carry out a deferred bind(wildcard, 0): the program needs its port now, or the flow is left
+/// alone and must behave exactly as without the shim.
+fn materialize(fd: c_int, ino: u64, family: c_int) {
+    let any = if family == libc::AF_INET6 {
+        SocketAddr::new(std::net::Ipv6Addr::UNSPECIFIED.into(), 0)
+    } else {
+        SocketAddr::new(std::net::Ipv4Addr::UNSPECIFIED.into(), 0)
+    };
+    let _ = addr::bind(fd, any, family);
+    fdtable::update(fd, ino, flag::WILDCARD_PORT, flag::DEFERRED_BIND);
+}
+
+/// A deferred bind that must happen before the program's call on `fd`.
+fn materialize_if_deferred(fd: c_int) {
+    if !fdtable::occupied(fd) {
+        return;
+    }
+    let e0 = errno::get();
+    if let Some(ino) = fdtable::ino(fd) {
+        if fdtable::flags(fd, ino) & flag::DEFERRED_BIND != 0 {
+            if let Some((family, _)) = addr::local(fd) {
+                materialize(fd, ino, family);
+            }
+        }
+    }
+    errno::set(e0);
+}
+
+pub unsafe fn bind(fd: c_int, sa: *const sockaddr, len: socklen_t) -> c_int {
+    let (Some(Mode::Active(active)), Some(req)) = (mode(), addr::parse(sa, len)) else {
+        return real::bind(fd, sa, len);
+    };
+    if req.port() != 0 {
+        return real::bind(fd, sa, len);
+    }
+    let e0 = errno::get();
+    let (Some(sock), Some(ino)) = (Sock::of(fd), fdtable::ino(fd)) else {
+        errno::set(e0);
+        return real::bind(fd, sa, len);
+    };
+    let flags = fdtable::flags(fd, ino);
+    let ip = crate::config::canonical(req.ip());
+    if req.ip().is_unspecified() {
+        // bind(0.0.0.0 / ::, 0): the kernel would pick a port now; the shim waits, so that a
+        // connect or first send can still be placed, and a listen gets the port it expects.
+        if flags & (flag::DEFERRED_BIND | flag::PLACED) != 0 || sock.local.port() != 0 {
+            return fail(libc::EINVAL) as c_int; // already bound, as the kernel says
+        }
+        if !sock.local.ip().is_unspecified() {
+            errno::set(e0);
+            return real::bind(fd, sa, len);
+        }
+        fdtable::update(fd, ino, flag::DEFERRED_BIND, 0);
+        log::trace!("bind fd {fd} to {req}: deferred until connect/send/listen/getsockname");
+        errno::set(e0);
+        return 0;
+    }
+    if !active.cfg.slices.iter().any(|s| s.ip == ip) {
+        errno::set(e0);
+        return real::bind(fd, sa, len);
+    }
+    // bind(SLICE_IP, 0). With IP_BIND_ADDRESS_NO_PORT (nginx proxy_bind, HAProxy source) the
+    // port is placed at connect, shared across destinations: only the IP is bound now.
+    if addr::get_int(fd, libc::IPPROTO_IP, libc::IP_BIND_ADDRESS_NO_PORT) == Some(1) {
+        errno::set(e0);
+        return real::bind(fd, sa, len);
+    }
+    // Otherwise the socket gets a port of that IP's slices at once, as the kernel would give one.
+    let slices = active.cfg.slices.iter().filter(|s| s.ip == ip);
+    let prog_reuse = addr::get_int(fd, libc::SOL_SOCKET, libc::SO_REUSEADDR).unwrap_or(0) != 0;
+    let r = crate::strategy::exclusive::bind_free(fd, sock.family, slices, &active.reserved);
+    // The program's SO_REUSEADDR is put back: a port it binds this way is its own to share.
+    let _ = addr::set_u32(fd, libc::SOL_SOCKET, libc::SO_REUSEADDR, u32::from(prog_reuse));
+    match r {
+        Ok((slice, at)) => {
+            fdtable::update(fd, ino, flag::PLACED, 0);
+            stats::bump(C::placed_bind);
+            log::debug!("bind fd {fd} to {req}: given {at} (slice {slice})");
+            errno::set(e0);
+            0
+        }
+        Err(e) => {
+            log::info!(
+                "bind fd {fd} to {req}: no free port in its slices ({})",
+                std::io::Error::from_raw_os_error(e)
+            );
+            fail(e) as c_int
+        }
+    }
+}
+
+pub unsafe fn listen(fd: c_int, backlog: c_int) -> c_int {
+    materialize_if_deferred(fd);
+    real::listen(fd, backlog)
+}
+
+pub unsafe fn getsockname(fd: c_int, sa: *mut sockaddr, len: *mut socklen_t) -> c_int {
+    materialize_if_deferred(fd);
+    real::getsockname(fd, sa, len)
 }

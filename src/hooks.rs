@@ -34,6 +34,13 @@ hook! {
     /// Outgoing TCP/UDP: placed in a slice when in scope.
     fn connect(fd: c_int, addr: *const sockaddr, len: socklen_t) -> c_int
         = flow::connect(fd, addr, len), on_panic = libc::EADDRNOTAVAIL;
+    /// bind(SLICE_IP, 0) gets a slice port; bind(wildcard, 0) waits for connect/listen.
+    fn bind(fd: c_int, addr: *const sockaddr, len: socklen_t) -> c_int
+        = flow::bind(fd, addr, len), on_panic = libc::EADDRINUSE;
+    /// Carry out a deferred bind first.
+    fn listen(fd: c_int, backlog: c_int) -> c_int = flow::listen(fd, backlog), on_panic = libc::EINVAL;
+    fn getsockname(fd: c_int, addr: *mut sockaddr, len: *mut socklen_t) -> c_int
+        = flow::getsockname(fd, addr, len), on_panic = libc::EBADF;
     /// TCP Fast Open (MSG_FASTOPEN) starts a flow; an unconnected UDP send starts one too.
     fn sendto(fd: c_int, buf: *const c_void, n: usize, flags: c_int, addr: *const sockaddr, len: socklen_t) -> ssize_t
         = flow::sendto(fd, buf, n, flags, addr, len), on_panic = libc::EAGAIN;

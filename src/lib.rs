@@ -46,6 +46,8 @@ pub struct Active {
     pub tcp: Tcp,
     /// Rotating start among several slices of one family.
     pub rotate: AtomicUsize,
+    /// net.ipv4.ip_local_reserved_ports at start.
+    pub reserved: sys::sysctl::Reserved,
 }
 
 pub enum Mode {
@@ -134,7 +136,12 @@ fn build_mode() -> Mode {
                 cfg.skip.iter().map(|s| s.to_string()).collect::<Vec<_>>().join(","),
                 tcp.name()
             );
-            Mode::Active(Active { cfg, tcp, rotate: AtomicUsize::new(0) })
+            Mode::Active(Active {
+                cfg,
+                tcp,
+                rotate: AtomicUsize::new(0),
+                reserved: sys::sysctl::Reserved::read(),
+            })
         }
         Err(why) => {
             config_error(&why, parsed.on_error);

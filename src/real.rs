@@ -43,6 +43,7 @@ real! {
     bind [c"bind"]: fn(fd: c_int, addr: *const sockaddr, len: socklen_t) -> c_int;
     setsockopt [c"setsockopt"]: fn(fd: c_int, level: c_int, name: c_int, val: *const c_void, len: socklen_t) -> c_int;
     getsockopt [c"getsockopt"]: fn(fd: c_int, level: c_int, name: c_int, val: *mut c_void, len: *mut socklen_t) -> c_int;
+    listen [c"listen"]: fn(fd: c_int, backlog: c_int) -> c_int;
     getsockname [c"getsockname"]: fn(fd: c_int, addr: *mut sockaddr, len: *mut socklen_t) -> c_int;
     sendto [c"sendto"]: fn(fd: c_int, buf: *const c_void, n: usize, flags: c_int, addr: *const sockaddr, len: socklen_t) -> ssize_t;
     sendmsg [c"sendmsg"]: fn(fd: c_int, msg: *const libc::msghdr, flags: c_int) -> ssize_t;

@@ -17,6 +17,8 @@ counters! {
     placed_tcp_kernel,
     placed_tcp_retry,
     placed_udp,
+    // bind(SLICE_IP, 0) by the program, given a slice port at once
+    placed_bind,
     // port attempts (each bind/connect of a candidate port) and conflicts found
     attempts,
     conflicts,

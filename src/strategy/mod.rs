@@ -1,2 +1,4 @@
 //! The ways of placing a flow in a slice.
+pub mod exclusive;
 pub mod kernel;
+pub mod order;

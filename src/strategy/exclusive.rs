@@ -1,0 +1,81 @@
+//! An exclusive port in a slice: bind(slice_ip, port) with SO_REUSEADDR=0, ports in random
+//! order, reserved ports skipped. For `bind(SLICE_IP, 0)` by the program (the socket gets a port
+//! at once, as the kernel would give it) and for unconnected UDP sockets, which talk to anyone
+//! from their port and therefore must own it.
+//!
+//! An explicit bind is exact (no clamping to the sysctl range), unlike autobind with
+//! IP_LOCAL_PORT_RANGE.
+
+use super::order::Permutation;
+use crate::config::Slice;
+use crate::sys::{addr, sysctl::Reserved};
+use libc::c_int;
+use std::net::SocketAddr;
+
+/// Bind `fd` to a port of one of `slices` that no other socket holds. `Err(EADDRINUSE)` when
+/// every port is taken (what bind(ip, 0) says when the range is full); other errnos as bind.
+pub fn bind_free<'a>(
+    fd: c_int,
+    family: c_int,
+    slices: impl Iterator<Item = &'a Slice>,
+    reserved: &Reserved,
+) -> Result<(Slice, SocketAddr), c_int> {
+    if let Err(e) = addr::set_u32(fd, libc::SOL_SOCKET, libc::SO_REUSEADDR, 0) {
+        return Err(e);
+    }
+    for slice in slices {
+        for i in Permutation::new(slice.size()) {
+            let port = slice.lo + i as u16;
+            if reserved.contains(port) {
+                continue;
+            }
+            crate::stats::bump(crate::stats::C::attempts);
+            let at = SocketAddr::new(slice.ip, port);
+            match addr::bind(fd, at, family) {
+                Ok(()) => return Ok((*slice, at)),
+                Err(libc::EADDRINUSE) => crate::stats::bump(crate::stats::C::conflicts),
+                Err(e) => return Err(e),
+            }
+        }
+        crate::stats::bump(crate::stats::C::exhausted);
+    }
+    Err(libc::EADDRINUSE)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+
+    fn sock(ty: c_int) -> OwnedFd {
+        unsafe { OwnedFd::from_raw_fd(libc::socket(libc::AF_INET6, ty, 0)) }
+    }
+
+    // Ports 59910-59919 belong to this unit test.
+    #[test]
+    fn owns_every_port_once_then_refuses() {
+        let slice = Slice { ip: "127.0.0.2".parse().unwrap(), lo: 59910, hi: 59914 };
+        let reserved = Reserved::parse("59912").unwrap();
+        let mut held = Vec::new();
+        let mut ports = Vec::new();
+        for _ in 0..4 {
+            let s = sock(libc::SOCK_DGRAM);
+            let (_, at) = bind_free(s.as_raw_fd(), libc::AF_INET6, [slice].iter(), &reserved).unwrap();
+            ports.push(at.port());
+            held.push(s);
+        }
+        ports.sort();
+        assert_eq!(ports, [59910, 59911, 59913, 59914], "reserved 59912 skipped");
+        let s = sock(libc::SOCK_DGRAM);
+        assert_eq!(
+            bind_free(s.as_raw_fd(), libc::AF_INET6, [slice].iter(), &reserved),
+            Err(libc::EADDRINUSE)
+        );
+        // A TCP socket on the same ports is a different port space.
+        let t = sock(libc::SOCK_STREAM);
+        let (_, at) = bind_free(t.as_raw_fd(), libc::AF_INET6, [slice].iter(), &reserved).unwrap();
+        assert!(slice.contains_port(at.port()));
+        let (fam, local) = addr::local(t.as_raw_fd()).unwrap();
+        assert_eq!((fam, addr::canonical(local)), (libc::AF_INET6, at));
+    }
+}
