@@ -20,9 +20,7 @@ pub fn bind_free<'a>(
     slices: impl Iterator<Item = &'a Slice>,
     reserved: &Reserved,
 ) -> Result<(Slice, SocketAddr), c_int> {
-    if let Err(e) = addr::set_u32(fd, libc::SOL_SOCKET, libc::SO_REUSEADDR, 0) {
-        return Err(e);
-    }
+    addr::set_u32(fd, libc::SOL_SOCKET, libc::SO_REUSEADDR, 0)?;
     for slice in slices {
         for i in Permutation::new(slice.size()) {
             let port = slice.lo + i as u16;
