@@ -67,7 +67,7 @@ fn main() {
     // A 4096-port slice inside the sysctl range, clear of the listener's port.
     let lo = if addr.port() > sys_lo + 5000 { sys_lo + 100 } else { sys_hi - 4200 };
     let slice = format!("127.0.0.2:{lo}-{}", lo + 4095);
-    let confs = vec![
+    let confs = [
         Conf { name: "no shim", shim: false, env: vec![] },
         Conf { name: "shim loaded, PORTRANGE unset", shim: true, env: vec![] },
         Conf {
