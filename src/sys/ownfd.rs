@@ -39,21 +39,50 @@ impl OwnFd {
         OwnFd { fd: AtomicI32::new(-1), dev: AtomicU64::new(0), ino: AtomicU64::new(0) }
     }
 
+    /// Adopt `fd` (already close-on-exec) as this own descriptor, moving it high.
+    pub fn adopt(&self, fd: c_int) -> bool {
+        // SAFETY: F_DUPFD_CLOEXEC on an fd we own; then close the low copy.
+        let high = unsafe { real::fcntl(fd, libc::F_DUPFD_CLOEXEC, high_floor() as libc::c_ulong) };
+        let fd = if high >= 0 {
+            unsafe { real::close(fd) };
+            high
+        } else {
+            fd
+        };
+        self.set(fd)
+    }
+
+    fn set(&self, fd: c_int) -> bool {
+        match identity(fd) {
+            Some((dev, ino)) => {
+                self.dev.store(dev, Relaxed);
+                self.ino.store(ino, Relaxed);
+                self.fd.store(fd, Relaxed);
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Forget without closing (the parent's copy after fork: it closes on exec).
+    pub fn forget(&self) {
+        self.fd.store(-1, Relaxed);
+    }
+
+    /// Close it if it is still ours.
+    pub fn close(&self) {
+        if let Some(fd) = self.get() {
+            self.fd.store(-1, Relaxed);
+            // SAFETY: the number still refers to our own descriptor.
+            unsafe { real::close(fd) };
+        }
+    }
+
     /// Duplicate `src` (e.g. the program's stderr at start) as this own descriptor.
     pub fn dup_of(&self, src: c_int) -> bool {
         // SAFETY: F_DUPFD_CLOEXEC never touches `src` itself.
         let fd = unsafe { real::fcntl(src, libc::F_DUPFD_CLOEXEC, high_floor() as libc::c_ulong) };
-        fd >= 0 && {
-            match identity(fd) {
-                Some((dev, ino)) => {
-                    self.dev.store(dev, Relaxed);
-                    self.ino.store(ino, Relaxed);
-                    self.fd.store(fd, Relaxed);
-                    true
-                }
-                None => false,
-            }
-        }
+        fd >= 0 && self.set(fd)
     }
 
     /// The fd, if it still refers to what it was opened on. A mismatch forgets it for good
