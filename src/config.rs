@@ -159,6 +159,8 @@ pub struct Parsed {
     /// A validated env_logger filter.
     pub log: String,
     pub stats: Option<String>,
+    /// PORTRANGE_PRECHECK: the retry strategy's sock_diag look-up before binding a port.
+    pub precheck: bool,
 }
 
 pub const DEFAULT_LOG: &str = "warn";
@@ -211,13 +213,29 @@ pub fn parse(get: impl Fn(&str) -> Option<String>) -> Parsed {
         Some(v) => Some(v.trim().to_string()),
     };
 
+    let precheck = match get("PORTRANGE_PRECHECK") {
+        None => true,
+        Some(v) => match v.trim().to_ascii_lowercase().as_str() {
+            "" | "1" | "on" | "yes" | "true" => true,
+            "0" | "off" | "no" | "false" => false,
+            _ => {
+                warnings.push(ConfigError {
+                    var: "PORTRANGE_PRECHECK",
+                    value: v,
+                    why: "expected `on` or `off`; using `on`".into(),
+                });
+                true
+            }
+        },
+    };
+
     let config = match get("PORTRANGE") {
         None => None,
         Some(v) if v.trim().is_empty() => None,
         Some(v) => Some(parse_active(&v, get("PORTRANGE_SKIP"), get("PORTRANGE_STRATEGY"))),
     };
 
-    Parsed { config, warnings, on_error, log, stats }
+    Parsed { config, warnings, on_error, log, stats, precheck }
 }
 
 fn parse_active(

@@ -10,7 +10,7 @@
 //! covered without a heap allocation, and close/dup touch only atomics.
 
 use libc::c_int;
-use std::sync::atomic::{AtomicPtr, AtomicU64, Ordering::Relaxed};
+use std::sync::atomic::{AtomicI32, AtomicPtr, AtomicU32, AtomicU64, Ordering::Relaxed};
 
 const CHUNK: usize = 1024;
 const CHUNKS: usize = 1024;
@@ -23,6 +23,15 @@ struct Entry {
     flags: AtomicU64,
     /// The program's own IP_LOCAL_PORT_RANGE value (low 32 bits).
     range: AtomicU64,
+    /// Options the program set, as bits of `options::REPLAY` (carried over by a socket swap).
+    opts: AtomicU64,
+    /// The last option the program set that cannot be carried over: (level << 32) | name, +1.
+    unknown: AtomicU64,
+    /// The program's epoll registration of this fd: epoll fd + 1 (0 = none), events, data.
+    /// Not tied to the inode (epoll keys on the fd); checked with EPOLL_CTL_MOD before use.
+    ep_fd: AtomicI32,
+    ep_events: AtomicU32,
+    ep_data: AtomicU64,
 }
 
 static TABLE: [AtomicPtr<Entry>; CHUNKS] = [const { AtomicPtr::new(std::ptr::null_mut()) }; CHUNKS];
@@ -39,8 +48,6 @@ pub mod flag {
     /// The shim changed SO_REUSEADDR; `PROG_REUSEADDR` is the program's own value.
     pub const SHIM_REUSEADDR: u64 = 1 << 4;
     pub const PROG_REUSEADDR: u64 = 1 << 5;
-    /// The program set TCP_FASTOPEN_CONNECT.
-    pub const PROG_FASTOPEN_CONNECT: u64 = 1 << 6;
     /// The shim bound the socket to a slice IP (an earlier attempt): that IP is not a pin.
     pub const SHIM_BOUND: u64 = 1 << 9;
     /// The program called bind(wildcard, 0): the real bind waits for listen/getsockname (which
@@ -119,9 +126,67 @@ fn claim(fd: c_int, ino: u64) -> Option<&'static Entry> {
     if e.ino.load(Relaxed) != ino {
         e.flags.store(0, Relaxed);
         e.range.store(0, Relaxed);
+        e.opts.store(0, Relaxed);
+        e.unknown.store(0, Relaxed);
         e.ino.store(ino, Relaxed);
     }
     Some(e)
+}
+
+/// Options recorded for socket `ino` at `fd`: (replay bits, the last unknown (level, name)).
+pub fn opts(fd: c_int, ino: u64) -> (u64, Option<(c_int, c_int)>) {
+    match slot(fd, false) {
+        Some(e) if e.ino.load(Relaxed) == ino => {
+            let u = e.unknown.load(Relaxed);
+            let unknown = (u != 0).then(|| (((u - 1) >> 32) as c_int, (u - 1) as u32 as c_int));
+            (e.opts.load(Relaxed), unknown)
+        }
+        _ => (0, None),
+    }
+}
+
+/// The program set option bit `bit` (an index into `options::REPLAY`), or an unknown option.
+pub fn record_opt(fd: c_int, ino: u64, bit: Option<u32>, level: c_int, name: c_int) {
+    if let Some(e) = claim(fd, ino) {
+        match bit {
+            Some(b) => {
+                e.opts.fetch_or(1 << b, Relaxed);
+            }
+            None => e.unknown.store(((level as u32 as u64) << 32 | name as u32 as u64) + 1, Relaxed),
+        }
+    }
+}
+
+/// The socket behind `fd` was replaced (swap): the entry now describes `new_ino`.
+pub fn rekey(fd: c_int, new_ino: u64) {
+    if let Some(e) = slot(fd, true) {
+        e.ino.store(new_ino, Relaxed);
+    }
+}
+
+/// Record the program's epoll registration of `fd` (ADD/MOD), or forget it (DEL).
+pub fn epoll_record(fd: c_int, epfd: c_int, ev: Option<(u32, u64)>) {
+    match ev {
+        Some((events, data)) => {
+            if let Some(e) = slot(fd, true) {
+                e.ep_events.store(events, Relaxed);
+                e.ep_data.store(data, Relaxed);
+                e.ep_fd.store(epfd + 1, Relaxed);
+            }
+        }
+        None => {
+            if let Some(e) = slot(fd, false) {
+                let _ = e.ep_fd.compare_exchange(epfd + 1, 0, Relaxed, Relaxed);
+            }
+        }
+    }
+}
+
+/// The recorded epoll registration of `fd`: (epfd, events, data).
+pub fn epoll_of(fd: c_int) -> Option<(c_int, u32, u64)> {
+    let e = slot(fd, false)?;
+    let ep = e.ep_fd.load(Relaxed);
+    (ep > 0).then(|| (ep - 1, e.ep_events.load(Relaxed), e.ep_data.load(Relaxed)))
 }
 
 /// Set and clear flags of socket `ino` at `fd` (a stale entry is reset first).
@@ -141,13 +206,14 @@ pub fn set_prog_range(fd: c_int, ino: u64, v: u32) {
 
 /// Whether `fd` has an entry at all (cheap: no syscall).
 pub fn occupied(fd: c_int) -> bool {
-    slot(fd, false).is_some_and(|e| e.ino.load(Relaxed) != 0)
+    slot(fd, false).is_some_and(|e| e.ino.load(Relaxed) != 0 || e.ep_fd.load(Relaxed) != 0)
 }
 
 /// Forget `fd` (it was closed).
 pub fn clear(fd: c_int) {
     if let Some(e) = slot(fd, false) {
         e.ino.store(0, Relaxed);
+        e.ep_fd.store(0, Relaxed);
     }
 }
 
@@ -174,6 +240,11 @@ pub fn copy(from: c_int, to: c_int) {
                 dst.ino.store(0, Relaxed);
                 dst.flags.store(src.flags.load(Relaxed), Relaxed);
                 dst.range.store(src.range.load(Relaxed), Relaxed);
+                dst.opts.store(src.opts.load(Relaxed), Relaxed);
+                dst.unknown.store(src.unknown.load(Relaxed), Relaxed);
+                // epoll registrations belong to the fd number, not the socket: the new number
+                // has none.
+                dst.ep_fd.store(0, Relaxed);
                 dst.ino.store(src.ino.load(Relaxed), Relaxed);
             }
         }
@@ -221,6 +292,24 @@ mod tests {
         assert_eq!(flags(5000, ino_b), 0);
         copy(4999, 5000); // from an empty entry: clears
         assert!(!occupied(5000));
+
+        // Options and the unknown one.
+        record_opt(5001, 77, Some(3), 0, 0);
+        record_opt(5001, 77, None, libc::SOL_SOCKET, libc::SO_ATTACH_FILTER);
+        assert_eq!(opts(5001, 77), (1 << 3, Some((libc::SOL_SOCKET, libc::SO_ATTACH_FILTER))));
+        assert_eq!(opts(5001, 78), (0, None));
+        rekey(5001, 78);
+        assert_eq!(opts(5001, 78).0, 1 << 3);
+        // epoll: recorded per fd number, cleared by DEL of the same epoll fd and by close.
+        epoll_record(5002, 9, Some((libc::EPOLLIN as u32, 1234)));
+        assert_eq!(epoll_of(5002), Some((9, libc::EPOLLIN as u32, 1234)));
+        epoll_record(5002, 8, None);
+        assert!(epoll_of(5002).is_some(), "DEL on another epoll fd");
+        epoll_record(5002, 9, None);
+        assert_eq!(epoll_of(5002), None);
+        epoll_record(5002, 9, Some((1, 2)));
+        clear(5002);
+        assert_eq!(epoll_of(5002), None);
 
         update(3000, 42, flag::PLACED, 0);
         update(4100, 42, flag::PLACED, 0);

@@ -7,9 +7,9 @@
 use crate::fdtable::{self, flag};
 use crate::scope::{self, Call, Decision, Leave, Proto};
 use crate::stats::{self, C};
-use crate::strategy::kernel::{self, Placed};
-use crate::sys::addr;
+use crate::strategy::{kernel, retry::Retry, Placed, Target};
 use crate::sys::sysctl::IP_LOCAL_PORT_RANGE;
+use crate::sys::{addr, options};
 use crate::{errno, mode, real, Active, Mode, Tcp};
 use libc::{c_int, c_void, sockaddr, socklen_t};
 use std::net::SocketAddr;
@@ -50,11 +50,11 @@ fn fail(e: c_int) -> isize {
 
 /// An outgoing flow: connect(), or a send that starts one (TCP Fast Open; first UDP send).
 /// `attempt` performs the program's call on `fd`; `pass` does it untouched.
-unsafe fn outgoing(fd: c_int, dst: SocketAddr, call: Call, mut attempt: impl FnMut() -> isize) -> isize {
+unsafe fn outgoing(fd: c_int, dst: SocketAddr, call: Call, mut attempt: impl FnMut(c_int) -> isize) -> isize {
     let e0 = errno::get();
-    let pass = |attempt: &mut dyn FnMut() -> isize| {
+    let pass = |attempt: &mut dyn FnMut(c_int) -> isize| {
         errno::set(e0);
-        attempt()
+        attempt(fd)
     };
     let active = match mode() {
         Some(Mode::Active(a)) => a,
@@ -78,7 +78,8 @@ unsafe fn outgoing(fd: c_int, dst: SocketAddr, call: Call, mut attempt: impl FnM
     if flags & flag::PLACED != 0 {
         return pass(&mut attempt);
     }
-    match scope::decide(&active.cfg, sock.local, flags & flag::SHIM_BOUND != 0, dst, call) {
+    let not_programs = flags & (flag::SHIM_BOUND | flag::WILDCARD_PORT) != 0;
+    match scope::decide(&active.cfg, sock.local, not_programs, dst, call) {
         Decision::Leave(why) => {
             leave(why, &sock, dst);
             if flags & flag::DEFERRED_BIND != 0 {
@@ -134,42 +135,82 @@ fn place_tcp(
     pinned: Option<std::net::IpAddr>,
     dst: SocketAddr,
     e0: c_int,
-    mut attempt: impl FnMut() -> isize,
+    mut attempt: impl FnMut(c_int) -> isize,
 ) -> isize {
     if let Tcp::Unavailable(why) = &active.tcp {
         static ONCE: AtomicBool = AtomicBool::new(false);
         warn_once(&ONCE, || format!("TCP connect refused (EADDRNOTAVAIL): {why}"));
-        log::debug!("connect fd {fd} to {dst}: refused, {why}");
         stats::bump(C::exhausted);
         return fail(libc::EADDRNOTAVAIL);
     }
     let cfg = &active.cfg;
     let rotate = active.rotate.fetch_add(1, Relaxed);
-    // The IP the socket is already bound to with port 0: the program's pin, or our earlier bind.
-    let bound = pinned.or_else(|| {
-        let ip = crate::config::canonical(sock.local.ip());
-        (!ip.is_unspecified()).then_some(ip)
-    });
-    fdtable::update(fd, ino, flag::SHIM_NO_PORT | flag::SHIM_RANGE, 0);
-    let r = kernel::place(fd, sock.family, scope::candidates(cfg, v6, pinned, rotate), bound, || {
-        let r = attempt();
-        (r, if r >= 0 { 0 } else { errno::get() })
-    });
+    let candidates = || scope::candidates(cfg, v6, pinned, rotate);
+    // The program's own socket can take the placement unless it already holds a port (a
+    // deferred wildcard bind carried out for getsockname, or an earlier attempt of ours).
+    let own_usable = sock.local.port() == 0;
+    let retry = Retry { reserved: &active.reserved, precheck: active.precheck };
+    fdtable::update(fd, ino, flag::SHIM_REUSEADDR | flag::SHIM_NO_PORT | flag::SHIM_RANGE, 0);
+    let target = |own: bool| Target::new(fd, ino, sock.family, own);
+    let (r, how) = match active.tcp {
+        Tcp::Kernel => {
+            // The IP the socket is already bound to with port 0: the program's pin, or our bind.
+            let bound = pinned.or_else(|| {
+                let ip = crate::config::canonical(sock.local.ip());
+                (!ip.is_unspecified()).then_some(ip)
+            });
+            let r = match target(own_usable) {
+                Ok(t) => kernel::place(t, candidates(), bound, &mut attempt),
+                Err(p) => p,
+            };
+            match r {
+                Placed::Outside { slice, local } => {
+                    stats::bump(C::outside_slice);
+                    log::warn!(
+                        "tcp fd {fd} to {dst}: the kernel chose {local}, outside slice {slice} (has \
+                         net.ipv4.ip_local_port_range changed?); connection aborted, placing it again \
+                         with the retry strategy"
+                    );
+                    let r = match target(true) {
+                        Ok(t) => retry.place(t, candidates(), dst, &mut attempt),
+                        Err(p) => p,
+                    };
+                    (r, C::placed_tcp_retry)
+                }
+                r => (r, C::placed_tcp_kernel),
+            }
+        }
+        _ => {
+            let r = match target(own_usable) {
+                Ok(t) => retry.place(t, candidates(), dst, &mut attempt),
+                Err(p) => p,
+            };
+            (r, C::placed_tcp_retry)
+        }
+    };
+    finish_placement(r, how, fd, dst, e0)
+}
+
+/// Turn a placement's outcome into the call's return value and errno, with bookkeeping.
+fn finish_placement(r: Placed, how: C, fd: c_int, dst: SocketAddr, e0: c_int) -> isize {
+    // The fd may hold a fresh socket now: record against whatever it holds.
+    let ino = fdtable::ino(fd).unwrap_or(0);
+    let tried = flag::SHIM_BOUND;
     match r {
         Placed::Ok { ret, errno: e, slice, local } => {
-            fdtable::update(fd, ino, flag::PLACED | flag::SHIM_BOUND, flag::DEFERRED_BIND);
-            stats::bump(C::placed_tcp_kernel);
-            log::debug!("tcp fd {fd} to {dst}: placed at {local} (slice {slice}, kernel)");
+            fdtable::update(fd, ino, flag::PLACED | tried, flag::DEFERRED_BIND);
+            stats::bump(how);
+            log::debug!("fd {fd} to {dst}: placed at {local} (slice {slice}, {how:?})");
             finish(ret, e, e0)
         }
         Placed::Failed { ret, errno: e } => {
-            fdtable::update(fd, ino, flag::SHIM_BOUND, flag::DEFERRED_BIND);
-            log::debug!("tcp fd {fd} to {dst}: {}", std::io::Error::from_raw_os_error(e));
+            fdtable::update(fd, ino, tried, flag::DEFERRED_BIND);
+            log::debug!("fd {fd} to {dst}: {}", std::io::Error::from_raw_os_error(e));
             finish(ret, e, e0)
         }
         Placed::Exhausted => {
-            fdtable::update(fd, ino, flag::SHIM_BOUND, flag::DEFERRED_BIND);
-            log::info!("tcp fd {fd} to {dst}: every slice is exhausted for this destination (EADDRNOTAVAIL)");
+            fdtable::update(fd, ino, tried, flag::DEFERRED_BIND);
+            log::info!("fd {fd} to {dst}: every slice is exhausted for this destination");
             fail(libc::EADDRNOTAVAIL)
         }
         Placed::NotLocal(ip) => {
@@ -182,14 +223,29 @@ fn place_tcp(
         Placed::Outside { slice, local } => {
             stats::bump(C::outside_slice);
             log::error!(
-                "tcp fd {fd} to {dst}: the kernel chose {local}, outside slice {slice} (has \
-                 net.ipv4.ip_local_port_range changed?); connection aborted (EADDRNOTAVAIL)"
+                "fd {fd} to {dst}: the kernel chose {local}, outside slice {slice}; connection aborted \
+                 (EADDRNOTAVAIL)"
             );
             fail(libc::EADDRNOTAVAIL)
         }
         Placed::Setup(e) => {
             log::error!(
-                "tcp fd {fd} to {dst}: cannot prepare the socket: {} (EADDRNOTAVAIL)",
+                "fd {fd} to {dst}: cannot prepare the socket: {} (EADDRNOTAVAIL)",
+                std::io::Error::from_raw_os_error(e)
+            );
+            fail(libc::EADDRNOTAVAIL)
+        }
+        Placed::Swap(crate::sys::swap::SwapError::Option(level, name)) => {
+            log::error!(
+                "fd {fd} to {dst}: a fresh socket is needed to place this flow, and the program set \
+                 {} on its socket, which cannot be carried over (EADDRNOTAVAIL)",
+                crate::sys::options::describe(level, name)
+            );
+            fail(libc::EADDRNOTAVAIL)
+        }
+        Placed::Swap(crate::sys::swap::SwapError::Sys(e)) => {
+            log::error!(
+                "fd {fd} to {dst}: cannot create a fresh socket: {} (EADDRNOTAVAIL)",
                 std::io::Error::from_raw_os_error(e)
             );
             fail(libc::EADDRNOTAVAIL)
@@ -201,7 +257,7 @@ pub unsafe fn connect(fd: c_int, sa: *const sockaddr, len: socklen_t) -> c_int {
     let Some(dst) = addr::parse(sa, len) else {
         return real::connect(fd, sa, len);
     };
-    outgoing(fd, dst, Call::Connect, || real::connect(fd, sa, len) as isize) as c_int
+    outgoing(fd, dst, Call::Connect, |t| real::connect(t, sa, len) as isize) as c_int
 }
 
 pub unsafe fn sendto(
@@ -215,7 +271,7 @@ pub unsafe fn sendto(
     if flags & libc::MSG_FASTOPEN != 0 || matches!(mode(), Some(Mode::Deny)) {
         if let Some(dst) = addr::parse(sa, len) {
             let call = if flags & libc::MSG_FASTOPEN != 0 { Call::Connect } else { Call::FirstSend };
-            return outgoing(fd, dst, call, || real::sendto(fd, buf, n, flags, sa, len));
+            return outgoing(fd, dst, call, |t| real::sendto(t, buf, n, flags, sa, len));
         }
     }
     materialize_if_deferred(fd);
@@ -226,7 +282,7 @@ pub unsafe fn sendmsg(fd: c_int, msg: *const libc::msghdr, flags: c_int) -> isiz
         let m = &*msg;
         if let Some(dst) = addr::parse(m.msg_name as *const sockaddr, m.msg_namelen) {
             let call = if flags & libc::MSG_FASTOPEN != 0 { Call::Connect } else { Call::FirstSend };
-            return outgoing(fd, dst, call, || real::sendmsg(fd, msg, flags));
+            return outgoing(fd, dst, call, |t| real::sendmsg(t, msg, flags));
         }
     }
     materialize_if_deferred(fd);
@@ -237,23 +293,12 @@ pub unsafe fn sendmmsg(fd: c_int, msgs: *mut libc::mmsghdr, n: libc::c_uint, fla
     if !msgs.is_null() && n > 0 && matches!(mode(), Some(Mode::Deny)) {
         let m = &(*msgs).msg_hdr;
         if let Some(dst) = addr::parse(m.msg_name as *const sockaddr, m.msg_namelen) {
-            return outgoing(fd, dst, Call::FirstSend, || real::sendmmsg(fd, msgs, n, flags) as isize)
+            return outgoing(fd, dst, Call::FirstSend, |t| real::sendmmsg(t, msgs, n, flags) as isize)
                 as c_int;
         }
     }
     materialize_if_deferred(fd);
     real::sendmmsg(fd, msgs, n, flags)
-}
-
-/// Options whose program-visible value the shim keeps (it changes them on placed sockets).
-fn tracked(level: c_int, name: c_int) -> bool {
-    matches!(
-        (level, name),
-        (libc::IPPROTO_IP, libc::IP_BIND_ADDRESS_NO_PORT)
-            | (libc::IPPROTO_IP, IP_LOCAL_PORT_RANGE)
-            | (libc::SOL_SOCKET, libc::SO_REUSEADDR)
-            | (libc::IPPROTO_TCP, libc::TCP_FASTOPEN_CONNECT)
-    )
 }
 
 unsafe fn read_int(val: *const c_void, len: socklen_t) -> u32 {
@@ -264,25 +309,30 @@ unsafe fn read_int(val: *const c_void, len: socklen_t) -> u32 {
     }
 }
 
+/// Record what the program set: its own value of an option the shim manages (reported back by
+/// getsockopt), or which option to carry over if the socket is ever swapped.
 pub unsafe fn setsockopt(fd: c_int, level: c_int, name: c_int, val: *const c_void, len: socklen_t) -> c_int {
     let r = real::setsockopt(fd, level, name, val, len);
-    if r != 0 || val.is_null() || !tracked(level, name) || !matches!(mode(), Some(Mode::Active(_))) {
+    if r != 0 || !matches!(mode(), Some(Mode::Active(_))) {
         return r;
     }
     let e0 = errno::get();
     if let Some(ino) = fdtable::ino(fd) {
-        let v = read_int(val, len);
-        let bit = |set: bool, b: u64| if set { (b, 0) } else { (0, b) };
-        let (set, clear) = match (level, name) {
-            (libc::IPPROTO_IP, libc::IP_BIND_ADDRESS_NO_PORT) => bit(v != 0, flag::PROG_NO_PORT),
-            (libc::SOL_SOCKET, libc::SO_REUSEADDR) => bit(v != 0, flag::PROG_REUSEADDR),
-            (libc::IPPROTO_TCP, libc::TCP_FASTOPEN_CONNECT) => bit(v != 0, flag::PROG_FASTOPEN_CONNECT),
-            _ => {
-                fdtable::set_prog_range(fd, ino, v);
-                (0, 0)
-            }
-        };
-        fdtable::update(fd, ino, set, clear);
+        if options::managed(level, name) {
+            let v = if val.is_null() { 0 } else { read_int(val, len) };
+            let bit = |set: bool, b: u64| if set { (b, 0) } else { (0, b) };
+            let (set, clear) = match (level, name) {
+                (libc::IPPROTO_IP, libc::IP_BIND_ADDRESS_NO_PORT) => bit(v != 0, flag::PROG_NO_PORT),
+                (libc::SOL_SOCKET, libc::SO_REUSEADDR) => bit(v != 0, flag::PROG_REUSEADDR),
+                _ => {
+                    fdtable::set_prog_range(fd, ino, v);
+                    (0, 0)
+                }
+            };
+            fdtable::update(fd, ino, set, clear);
+        } else {
+            fdtable::record_opt(fd, ino, options::bit(level, name), level, name);
+        }
     }
     errno::set(e0);
     r
@@ -296,7 +346,7 @@ pub unsafe fn getsockopt(
     len: *mut socklen_t,
 ) -> c_int {
     let r = real::getsockopt(fd, level, name, val, len);
-    if r != 0 || val.is_null() || len.is_null() || !tracked(level, name) || !fdtable::occupied(fd) {
+    if r != 0 || val.is_null() || len.is_null() || !options::managed(level, name) || !fdtable::occupied(fd) {
         return r;
     }
     let e0 = errno::get();
@@ -479,4 +529,20 @@ pub unsafe fn listen(fd: c_int, backlog: c_int) -> c_int {
 pub unsafe fn getsockname(fd: c_int, sa: *mut sockaddr, len: *mut socklen_t) -> c_int {
     materialize_if_deferred(fd);
     real::getsockname(fd, sa, len)
+}
+
+/// Remember the program's epoll registration of `fd`, so that a swap can make it again.
+pub unsafe fn epoll_ctl(epfd: c_int, op: c_int, fd: c_int, ev: *mut libc::epoll_event) -> c_int {
+    let r = real::epoll_ctl(epfd, op, fd, ev);
+    if r == 0 && matches!(mode(), Some(Mode::Active(_))) {
+        match op {
+            libc::EPOLL_CTL_ADD | libc::EPOLL_CTL_MOD if !ev.is_null() => {
+                let e = std::ptr::read_unaligned(ev);
+                fdtable::epoll_record(fd, epfd, Some((e.events, e.u64)));
+            }
+            libc::EPOLL_CTL_DEL => fdtable::epoll_record(fd, epfd, None),
+            _ => {}
+        }
+    }
+    r
 }

@@ -54,6 +54,9 @@ hook! {
     /// Reports the program's own values of the options the shim changed.
     fn getsockopt(fd: c_int, level: c_int, name: c_int, val: *mut c_void, len: *mut socklen_t) -> c_int
         = flow::getsockopt(fd, level, name, val, len), on_panic = libc::EINVAL;
+    /// Records the program's registration (a swapped socket is registered again).
+    fn epoll_ctl(epfd: c_int, op: c_int, fd: c_int, ev: *mut libc::epoll_event) -> c_int
+        = flow::epoll_ctl(epfd, op, fd, ev), on_panic = libc::EINVAL;
     /// Per-fd bookkeeping: lock-free, allocation-free, no logging.
     fn close(fd: c_int) -> c_int = flow::close(fd), on_panic = libc::EBADF;
     fn dup(fd: c_int) -> c_int = flow::dup(fd), on_panic = libc::EBADF;

@@ -28,6 +28,7 @@ use std::sync::OnceLock;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Tcp {
     Kernel,
+    Retry,
     /// No strategy can honour the configuration here; in-scope TCP connects fail with this reason.
     Unavailable(String),
 }
@@ -36,6 +37,7 @@ impl Tcp {
     fn name(&self) -> &'static str {
         match self {
             Tcp::Kernel => "kernel",
+            Tcp::Retry => "retry",
             Tcp::Unavailable(_) => "unavailable",
         }
     }
@@ -48,6 +50,8 @@ pub struct Active {
     pub rotate: AtomicUsize,
     /// net.ipv4.ip_local_reserved_ports at start.
     pub reserved: sys::sysctl::Reserved,
+    /// The retry strategy looks each candidate 4-tuple up before binding it.
+    pub precheck: bool,
 }
 
 pub enum Mode {
@@ -124,7 +128,10 @@ fn build_mode() -> Mode {
     };
     match choose_tcp(&cfg) {
         Ok(tcp) => {
-            if tcp == Tcp::Kernel && sys::sysctl::tcp_tw_reuse() != Some(1) {
+            if tcp == Tcp::Kernel
+                && sys::sysctl::tcp_tw_reuse() != Some(1)
+                && cfg.strategy == StrategyChoice::Kernel
+            {
                 ::log::info!(
                     "kernel strategy with net.ipv4.tcp_tw_reuse != 1: a 4-tuple in TIME_WAIT stays \
                      unusable for 60 s (loopback: 1 s)"
@@ -141,6 +148,7 @@ fn build_mode() -> Mode {
                 tcp,
                 rotate: AtomicUsize::new(0),
                 reserved: sys::sysctl::Reserved::read(),
+                precheck: parsed.precheck,
             })
         }
         Err(why) => {
@@ -185,18 +193,22 @@ pub fn kernel_obstacle(cfg: &Config) -> Option<String> {
     None
 }
 
+/// One TCP strategy for the whole process (SPEC): `auto` takes `kernel` only where the kernel has
+/// the option, every slice lies inside the sysctl range, and tcp_tw_reuse is 1 (otherwise a
+/// TIME_WAIT 4-tuple stays unusable for 60 s); else `retry`.
 fn choose_tcp(cfg: &Config) -> Result<Tcp, String> {
-    let obstacle = kernel_obstacle(cfg);
-    match (cfg.strategy, obstacle) {
-        (StrategyChoice::Kernel | StrategyChoice::Auto, None) => Ok(Tcp::Kernel),
-        (StrategyChoice::Kernel, Some(why)) => {
-            Err(format!("PORTRANGE_STRATEGY=kernel cannot be honoured: {why}"))
-        }
-        (StrategyChoice::Auto, Some(why)) => Ok(Tcp::Unavailable(format!(
-            "no TCP strategy can place flows here: {why} (the retry strategy is not built yet)"
-        ))),
-        (StrategyChoice::Retry, _) => {
-            Err("PORTRANGE_STRATEGY=retry: the retry strategy is not available in this build".into())
+    match cfg.strategy {
+        StrategyChoice::Retry => Ok(Tcp::Retry),
+        StrategyChoice::Kernel => match kernel_obstacle(cfg) {
+            None => Ok(Tcp::Kernel),
+            Some(why) => Err(format!("PORTRANGE_STRATEGY=kernel cannot be honoured: {why}")),
+        },
+        StrategyChoice::Auto => {
+            if kernel_obstacle(cfg).is_none() && sys::sysctl::tcp_tw_reuse() == Some(1) {
+                Ok(Tcp::Kernel)
+            } else {
+                Ok(Tcp::Retry)
+            }
         }
     }
 }

@@ -48,6 +48,7 @@ real! {
     sendto [c"sendto"]: fn(fd: c_int, buf: *const c_void, n: usize, flags: c_int, addr: *const sockaddr, len: socklen_t) -> ssize_t;
     sendmsg [c"sendmsg"]: fn(fd: c_int, msg: *const libc::msghdr, flags: c_int) -> ssize_t;
     sendmmsg [c"sendmmsg"]: fn(fd: c_int, msgs: *mut libc::mmsghdr, n: c_uint, flags: c_int) -> c_int;
+    epoll_ctl [c"epoll_ctl"]: fn(epfd: c_int, op: c_int, fd: c_int, ev: *mut libc::epoll_event) -> c_int;
     close [c"close"]: fn(fd: c_int) -> c_int;
     dup [c"dup"]: fn(fd: c_int) -> c_int;
     dup2 [c"dup2"]: fn(old: c_int, new: c_int) -> c_int;

@@ -54,17 +54,18 @@ pub enum Call {
 }
 
 /// Decide for a socket whose local address is `local` (`0.0.0.0:0`/`[::]:0` when unbound),
-/// towards `dst`. `shim_bound`: the local IP was set by the shim itself (an earlier attempt),
-/// so it does not pin the flow to that IP.
+/// towards `dst`. `shim_bound`: the local address was not the program's choice (the shim bound
+/// it in an earlier attempt, or the kernel picked the port of a deferred wildcard bind), so it
+/// neither pins the flow nor counts as the program's own binding.
 pub fn decide(cfg: &Config, local: SocketAddr, shim_bound: bool, dst: SocketAddr, call: Call) -> Decision {
     let dst_ip = canonical(dst.ip());
     let v6 = dst_ip.is_ipv6();
     let local_ip = canonical(local.ip());
 
-    let pinned = if local.port() != 0 {
-        return Decision::Leave(Leave::BoundByProgram);
-    } else if local_ip.is_unspecified() || shim_bound {
+    let pinned = if shim_bound || (local_ip.is_unspecified() && local.port() == 0) {
         None
+    } else if local.port() != 0 {
+        return Decision::Leave(Leave::BoundByProgram);
     } else if cfg.slices.iter().any(|s| s.ip == local_ip) {
         Some(local_ip)
     } else {
@@ -222,6 +223,11 @@ mod tests {
         // ... unless the shim bound it itself on an earlier attempt.
         assert_eq!(
             decide(&c, a("198.51.100.11:0"), true, dst, Call::Connect),
+            Decision::Place { v6: false, pinned: None }
+        );
+        // A port the kernel picked for a deferred bind(0.0.0.0, 0) is not the program's choice.
+        assert_eq!(
+            decide(&c, a("0.0.0.0:45123"), true, dst, Call::Connect),
             Decision::Place { v6: false, pinned: None }
         );
     }

@@ -32,6 +32,8 @@ counters! {
     passed_through,
     // connects/sends refused because the configuration is invalid
     denied,
+    // fresh sockets moved into the program's fd (a swap)
+    swaps,
     // a placement aborted because the kernel chose a port outside the slice
     outside_slice,
     // internal errors (a panic caught at a hook boundary)

@@ -5,54 +5,37 @@
 //! IPPROTO_IPV6 the same number is IPV6_RECVHOPLIMIT). The kernel silently clamps the range to
 //! the sysctl range, so the port it chose is checked after every attempt.
 
+use super::{outcome, Placed, Target};
 use crate::config::Slice;
 use crate::sys::addr;
 use crate::sys::sysctl::{range_value, IP_LOCAL_PORT_RANGE};
 use libc::c_int;
 use std::net::{IpAddr, SocketAddr};
 
-/// How a placement ended.
-#[derive(Debug, PartialEq, Eq)]
-pub enum Placed {
-    /// The attempt returned `ret` with `errno` (0, or EINPROGRESS on a non-blocking socket) and
-    /// the socket is bound inside `slice`, at `local`.
-    Ok { ret: isize, errno: c_int, slice: Slice, local: SocketAddr },
-    /// The attempt failed for a reason of its own (ECONNREFUSED, ENETUNREACH, EINTR...): the
-    /// program gets that, as without the shim.
-    Failed { ret: isize, errno: c_int },
-    /// Every slice is exhausted for this destination (EADDRNOTAVAIL).
-    Exhausted,
-    /// A slice IP is not assigned to this host (bind gave EADDRNOTAVAIL); that slice was skipped.
-    /// Only reported when no other slice succeeded.
-    NotLocal(IpAddr),
-    /// The kernel chose `local`, outside `slice` (sysctl changed?). The connection was aborted.
-    Outside { slice: Slice, local: SocketAddr },
-    /// A setsockopt/bind the strategy needs failed with this errno.
-    Setup(c_int),
-}
-
-/// Place `fd` (of `family`) in the first of `slices` that has room, then run `attempt`
-/// (connect, or a TCP Fast Open send) on it. `bound`: the IP the socket is already bound to
-/// with port 0 (by the program with IP_BIND_ADDRESS_NO_PORT, or by an earlier attempt).
+/// Place the program's socket (`target`) in the first of `slices` that has room, then run
+/// `attempt` (connect, or a TCP Fast Open send) on it. `bound`: the IP the socket is already
+/// bound to with port 0 (by the program with IP_BIND_ADDRESS_NO_PORT, or by an earlier attempt).
 pub fn place<'a>(
-    fd: c_int,
-    family: c_int,
+    mut target: Target,
     slices: impl Iterator<Item = &'a Slice>,
     mut bound: Option<IpAddr>,
-    mut attempt: impl FnMut() -> (isize, c_int),
+    mut attempt: impl FnMut(c_int) -> isize,
 ) -> Placed {
-    if let Err(e) = addr::set_u32(fd, libc::IPPROTO_IP, libc::IP_BIND_ADDRESS_NO_PORT, 1) {
+    if !target.is_own() {
+        bound = None;
+    }
+    if let Err(e) = addr::set_u32(target.cur, libc::IPPROTO_IP, libc::IP_BIND_ADDRESS_NO_PORT, 1) {
         return Placed::Setup(e);
     }
     let mut not_local = None;
     for slice in slices {
         if let Err(e) =
-            addr::set_u32(fd, libc::IPPROTO_IP, IP_LOCAL_PORT_RANGE, range_value(slice.lo, slice.hi))
+            addr::set_u32(target.cur, libc::IPPROTO_IP, IP_LOCAL_PORT_RANGE, range_value(slice.lo, slice.hi))
         {
             return Placed::Setup(e);
         }
         if bound != Some(slice.ip) {
-            match addr::bind(fd, SocketAddr::new(slice.ip, 0), family) {
+            match addr::bind(target.cur, SocketAddr::new(slice.ip, 0), target.family) {
                 Ok(()) => bound = Some(slice.ip),
                 Err(libc::EADDRNOTAVAIL) => {
                     not_local = Some(slice.ip);
@@ -62,22 +45,29 @@ pub fn place<'a>(
             }
         }
         crate::stats::bump(crate::stats::C::attempts);
-        let (ret, errno) = attempt();
+        let (ret, errno) = outcome(attempt(target.cur));
         if ret >= 0 || errno == libc::EINPROGRESS {
-            let local = addr::local(fd).map(|(_, a)| addr::canonical(a));
+            let local = addr::local(target.cur).map(|(_, a)| addr::canonical(a));
             return match local {
                 Some(local) if local.ip() == slice.ip && slice.contains_port(local.port()) => {
-                    Placed::Ok { ret, errno, slice: *slice, local }
+                    match target.commit() {
+                        Ok(()) => Placed::Ok { ret, errno, slice: *slice, local },
+                        Err(p) => p,
+                    }
                 }
                 other => {
-                    abort(fd);
+                    abort(target.cur);
                     Placed::Outside { slice: *slice, local: other.unwrap_or(SocketAddr::new(slice.ip, 0)) }
                 }
             };
         }
         if errno != libc::EADDRNOTAVAIL {
-            return Placed::Failed { ret, errno };
+            return match target.commit() {
+                Ok(()) => Placed::Failed { ret, errno },
+                Err(p) => p,
+            };
         }
+        // The slice is full for this destination; the same socket can be bound again.
         crate::stats::bump(crate::stats::C::exhausted);
     }
     match not_local {
@@ -101,10 +91,13 @@ mod tests {
     use super::*;
     use std::os::fd::AsRawFd;
 
-    fn connect(fd: c_int, dst: SocketAddr, family: c_int) -> (isize, c_int) {
+    fn connect(fd: c_int, dst: SocketAddr, family: c_int) -> isize {
         let raw = addr::to_raw(dst, family);
-        let r = unsafe { crate::real::connect(fd, raw.ptr(), raw.len) };
-        (r as isize, if r == 0 { 0 } else { crate::errno::get() })
+        unsafe { crate::real::connect(fd, raw.ptr(), raw.len) as isize }
+    }
+
+    fn own(fd: c_int, family: c_int) -> Target {
+        Target::new(fd, crate::fdtable::ino(fd).unwrap(), family, true).unwrap()
     }
 
     fn tcp(family: c_int) -> std::os::fd::OwnedFd {
@@ -124,7 +117,9 @@ mod tests {
             for _ in 0..2 {
                 let s = tcp(libc::AF_INET);
                 let fd = s.as_raw_fd();
-                match place(fd, libc::AF_INET, [slice].iter(), None, || connect(fd, dst, libc::AF_INET)) {
+                match place(own(fd, libc::AF_INET), [slice].iter(), None, |fd| {
+                    connect(fd, dst, libc::AF_INET)
+                }) {
                     Placed::Ok { ret: 0, local, .. } => ports.push(local.port()),
                     other => panic!("{other:?}"),
                 }
@@ -135,7 +130,7 @@ mod tests {
             let s = tcp(libc::AF_INET);
             let fd = s.as_raw_fd();
             assert_eq!(
-                place(fd, libc::AF_INET, [slice].iter(), None, || connect(fd, dst, libc::AF_INET)),
+                place(own(fd, libc::AF_INET), [slice].iter(), None, |fd| connect(fd, dst, libc::AF_INET)),
                 Placed::Exhausted
             );
         }
@@ -153,7 +148,7 @@ mod tests {
             // v4 slices on an AF_INET6 socket: bound as ::ffff:a.b.c.d, range set at IPPROTO_IP.
             let s = tcp(libc::AF_INET6);
             let fd = s.as_raw_fd();
-            match place(fd, libc::AF_INET6, [a, b].iter(), None, || connect(fd, dst, libc::AF_INET6)) {
+            match place(own(fd, libc::AF_INET6), [a, b].iter(), None, |fd| connect(fd, dst, libc::AF_INET6)) {
                 Placed::Ok { local, .. } => got.push(local),
                 other => panic!("{other:?}"),
             }
@@ -164,7 +159,7 @@ mod tests {
         let s = tcp(libc::AF_INET6);
         let fd = s.as_raw_fd();
         assert_eq!(
-            place(fd, libc::AF_INET6, [a, b].iter(), None, || connect(fd, dst, libc::AF_INET6)),
+            place(own(fd, libc::AF_INET6), [a, b].iter(), None, |fd| connect(fd, dst, libc::AF_INET6)),
             Placed::Exhausted
         );
     }
@@ -180,7 +175,7 @@ mod tests {
         let slice = Slice { ip: "127.0.0.2".parse().unwrap(), lo: 65000, hi: 65009 };
         let s = tcp(libc::AF_INET);
         let fd = s.as_raw_fd();
-        match place(fd, libc::AF_INET, [slice].iter(), None, || connect(fd, dst, libc::AF_INET)) {
+        match place(own(fd, libc::AF_INET), [slice].iter(), None, |fd| connect(fd, dst, libc::AF_INET)) {
             Placed::Outside { local, .. } => assert!(!slice.contains_port(local.port())),
             other => panic!("{other:?}"),
         }
@@ -194,7 +189,7 @@ mod tests {
         let s = tcp(libc::AF_INET);
         let fd = s.as_raw_fd();
         let slice = Slice { ip: "192.0.2.77".parse().unwrap(), lo: 59904, hi: 59904 };
-        let r = place(fd, libc::AF_INET, [slice].iter(), None, || panic!("must not connect"));
+        let r = place(own(fd, libc::AF_INET), [slice].iter(), None, |_| panic!("must not connect"));
         assert_eq!(r, Placed::NotLocal(slice.ip));
     }
 }

@@ -1,4 +1,100 @@
-//! The ways of placing a flow in a slice.
+//! The ways of placing a flow in a slice: `kernel` (IP_LOCAL_PORT_RANGE), `retry` (userspace
+//! port search), `exclusive` (an owned port, for bind-now and unconnected UDP), and the port
+//! `order` they share.
+
 pub mod exclusive;
 pub mod kernel;
 pub mod order;
+pub mod retry;
+
+use crate::config::Slice;
+use crate::sys::swap::{self, SwapError};
+use libc::c_int;
+use std::net::{IpAddr, SocketAddr};
+
+/// How a placement ended.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Placed {
+    /// The attempt returned `ret` with `errno` (0, or EINPROGRESS on a non-blocking socket) and
+    /// the program's fd is bound inside `slice`, at `local`.
+    Ok { ret: isize, errno: c_int, slice: Slice, local: SocketAddr },
+    /// The attempt failed for a reason of its own (ECONNREFUSED, ENETUNREACH, EINTR...): the
+    /// program gets that, as without the shim (its fd holds the socket that failed).
+    Failed { ret: isize, errno: c_int },
+    /// Every slice is exhausted for this destination (EADDRNOTAVAIL).
+    Exhausted,
+    /// A slice IP is not assigned to this host (bind gave EADDRNOTAVAIL); that slice was skipped.
+    /// Only reported when no other slice succeeded.
+    NotLocal(IpAddr),
+    /// The kernel chose `local`, outside `slice` (sysctl changed?). The connection was aborted.
+    Outside { slice: Slice, local: SocketAddr },
+    /// A setsockopt/bind the strategy needs failed with this errno.
+    Setup(c_int),
+    /// A fresh socket was needed and the program's socket cannot be copied.
+    Swap(SwapError),
+}
+
+/// The socket an attempt runs on: the program's own (while it can still be bound) or a fresh
+/// one, moved into the program's fd once its attempt has an outcome to report.
+pub struct Target {
+    /// The program's fd.
+    pub fd: c_int,
+    ino: u64,
+    pub family: c_int,
+    /// The socket in use (== fd while the program's own socket is usable).
+    pub cur: c_int,
+}
+
+impl Target {
+    pub fn new(fd: c_int, ino: u64, family: c_int, own_usable: bool) -> Result<Target, Placed> {
+        let mut t = Target { fd, ino, family, cur: fd };
+        if !own_usable {
+            t.fresh()?;
+        }
+        Ok(t)
+    }
+
+    pub fn is_own(&self) -> bool {
+        self.cur == self.fd
+    }
+
+    /// Leave the current socket (burnt by a failed attempt) for a fresh one.
+    pub fn fresh(&mut self) -> Result<(), Placed> {
+        self.drop_fresh();
+        self.cur = swap::fresh_like(self.fd, self.family, self.ino).map_err(Placed::Swap)?;
+        Ok(())
+    }
+
+    /// The attempt on `cur` has an outcome for the program: make `cur` the program's socket.
+    pub fn commit(&mut self) -> Result<(), Placed> {
+        if !self.is_own() {
+            let cur = std::mem::replace(&mut self.cur, self.fd);
+            if let Err(e) = swap::install(cur, self.fd) {
+                // SAFETY: cur is our fresh socket.
+                unsafe { crate::real::close(cur) };
+                return Err(Placed::Setup(e));
+            }
+            crate::stats::bump(crate::stats::C::swaps);
+        }
+        Ok(())
+    }
+
+    fn drop_fresh(&mut self) {
+        if !self.is_own() {
+            // SAFETY: cur is our fresh socket.
+            unsafe { crate::real::close(self.cur) };
+            self.cur = self.fd;
+        }
+    }
+}
+
+impl Drop for Target {
+    fn drop(&mut self) {
+        self.drop_fresh();
+    }
+}
+
+/// `(ret, errno)` of an attempt: errno only when it failed.
+pub fn outcome(ret: isize) -> (isize, c_int) {
+    (ret, if ret >= 0 { 0 } else { crate::errno::get() })
+}
