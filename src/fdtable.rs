@@ -56,6 +56,8 @@ pub mod flag {
     /// A deferred wildcard bind was carried out (the program asked for the port): the port is the
     /// kernel's choice, not the program's.
     pub const WILDCARD_PORT: u64 = 1 << 11;
+    /// The send path has decided about this socket (placed, or left alone for good).
+    pub const SETTLED: u64 = 1 << 12;
 }
 
 fn slot(fd: c_int, create: bool) -> Option<&'static Entry> {

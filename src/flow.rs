@@ -7,7 +7,7 @@
 use crate::fdtable::{self, flag};
 use crate::scope::{self, Call, Decision, Leave, Proto};
 use crate::stats::{self, C};
-use crate::strategy::{kernel, retry::Retry, Placed, Target};
+use crate::strategy::{cookie, exclusive, kernel, retry::Retry, Placed, Target};
 use crate::sys::sysctl::IP_LOCAL_PORT_RANGE;
 use crate::sys::{addr, options};
 use crate::{errno, mode, real, Active, Mode, Tcp};
@@ -78,10 +78,18 @@ unsafe fn outgoing(fd: c_int, dst: SocketAddr, call: Call, mut attempt: impl FnM
     if flags & flag::PLACED != 0 {
         return pass(&mut attempt);
     }
+    if call == Call::FirstSend && sock.proto == Proto::Tcp {
+        // sendto() with an address on a TCP socket: the address is ignored (no Fast Open flag).
+        fdtable::update(fd, ino, flag::SETTLED, 0);
+        return pass(&mut attempt);
+    }
     let not_programs = flags & (flag::SHIM_BOUND | flag::WILDCARD_PORT) != 0;
     match scope::decide(&active.cfg, sock.local, not_programs, dst, call) {
         Decision::Leave(why) => {
             leave(why, &sock, dst);
+            if call == Call::FirstSend {
+                fdtable::update(fd, ino, flag::SETTLED, 0);
+            }
             if flags & flag::DEFERRED_BIND != 0 {
                 materialize(fd, ino, sock.family);
             }
@@ -89,16 +97,7 @@ unsafe fn outgoing(fd: c_int, dst: SocketAddr, call: Call, mut attempt: impl FnM
         }
         Decision::Place { v6, pinned } => match sock.proto {
             Proto::Tcp => place_tcp(active, fd, ino, &sock, v6, pinned, dst, e0, attempt),
-            Proto::Udp => {
-                static ONCE: AtomicBool = AtomicBool::new(false);
-                warn_once(&ONCE, || {
-                    "UDP placement is not available in this build: in-scope UDP flows fail with \
-                     EAGAIN rather than leave from outside the slice"
-                        .into()
-                });
-                stats::bump(C::exhausted);
-                fail(libc::EAGAIN)
-            }
+            Proto::Udp => place_udp(active, fd, ino, &sock, v6, pinned, dst, call, e0, attempt),
         },
     }
 }
@@ -188,11 +187,54 @@ fn place_tcp(
             (r, C::placed_tcp_retry)
         }
     };
-    finish_placement(r, how, fd, dst, e0)
+    finish_placement(r, how, fd, dst, e0, libc::EADDRNOTAVAIL)
+}
+
+/// UDP: a connect is placed with the cookie check (the port is shared across peers, never a
+/// 4-tuple); a first unconnected send gets a port of its own (it may talk to anyone from it).
+#[allow(clippy::too_many_arguments)]
+fn place_udp(
+    active: &Active,
+    fd: c_int,
+    ino: u64,
+    sock: &Sock,
+    v6: bool,
+    pinned: Option<std::net::IpAddr>,
+    dst: SocketAddr,
+    call: Call,
+    e0: c_int,
+    mut attempt: impl FnMut(c_int) -> isize,
+) -> isize {
+    let rotate = active.rotate.fetch_add(1, Relaxed);
+    let candidates = scope::candidates(&active.cfg, v6, pinned, rotate);
+    let own_usable = sock.local.port() == 0;
+    fdtable::update(fd, ino, flag::SHIM_REUSEADDR, 0);
+    let mut target = match Target::new(fd, ino, sock.family, own_usable) {
+        Ok(t) => t,
+        Err(p) => return finish_placement(p, C::placed_udp, fd, dst, e0, libc::EAGAIN),
+    };
+    let r = match call {
+        Call::Connect => cookie::place(target, candidates, dst, &active.reserved, &mut attempt),
+        Call::FirstSend => {
+            match exclusive::bind_free(target.cur, sock.family, candidates, &active.reserved) {
+                Ok((slice, local)) => match target.commit() {
+                    Ok(()) => {
+                        let (ret, e) = crate::strategy::outcome(attempt(fd));
+                        Placed::Ok { ret, errno: e, slice, local }
+                    }
+                    Err(p) => p,
+                },
+                Err(libc::EADDRINUSE) => Placed::Exhausted,
+                Err(libc::EADDRNOTAVAIL) => Placed::NotLocal(crate::config::canonical(dst.ip())),
+                Err(e) => Placed::Setup(e),
+            }
+        }
+    };
+    finish_placement(r, C::placed_udp, fd, dst, e0, libc::EAGAIN)
 }
 
 /// Turn a placement's outcome into the call's return value and errno, with bookkeeping.
-fn finish_placement(r: Placed, how: C, fd: c_int, dst: SocketAddr, e0: c_int) -> isize {
+fn finish_placement(r: Placed, how: C, fd: c_int, dst: SocketAddr, e0: c_int, exhausted: c_int) -> isize {
     // The fd may hold a fresh socket now: record against whatever it holds.
     let ino = fdtable::ino(fd).unwrap_or(0);
     let tried = flag::SHIM_BOUND;
@@ -211,7 +253,7 @@ fn finish_placement(r: Placed, how: C, fd: c_int, dst: SocketAddr, e0: c_int) ->
         Placed::Exhausted => {
             fdtable::update(fd, ino, tried, flag::DEFERRED_BIND);
             log::info!("fd {fd} to {dst}: every slice is exhausted for this destination");
-            fail(libc::EADDRNOTAVAIL)
+            fail(exhausted)
         }
         Placed::NotLocal(ip) => {
             static ONCE: AtomicBool = AtomicBool::new(false);
@@ -255,9 +297,74 @@ fn finish_placement(r: Placed, how: C, fd: c_int, dst: SocketAddr, e0: c_int) ->
 
 pub unsafe fn connect(fd: c_int, sa: *const sockaddr, len: socklen_t) -> c_int {
     let Some(dst) = addr::parse(sa, len) else {
-        return real::connect(fd, sa, len);
+        let r = real::connect(fd, sa, len);
+        if r == 0 && fdtable::occupied(fd) && addr::family_of(sa, len) == Some(libc::AF_UNSPEC) {
+            disconnected(fd);
+        }
+        return r;
     };
     outgoing(fd, dst, Call::Connect, |t| real::connect(t, sa, len) as isize) as c_int
+}
+
+/// connect(AF_UNSPEC) succeeded. A UDP socket the shim placed keeps its (shared) slice port
+/// after a disconnect; left bound, its next connect would skip the check and could duplicate a
+/// 4-tuple. It gets a fresh unbound socket instead, and its next connect or send is placed afresh.
+fn disconnected(fd: c_int) {
+    let e0 = errno::get();
+    if let (Some(Mode::Active(_)), Some(ino)) = (mode(), fdtable::ino(fd)) {
+        let flags = fdtable::flags(fd, ino);
+        if flags & flag::PLACED != 0
+            && addr::get_int(fd, libc::SOL_SOCKET, libc::SO_PROTOCOL) == Some(libc::IPPROTO_UDP)
+        {
+            let family = addr::local(fd).map(|(f, _)| f).unwrap_or(libc::AF_INET);
+            match crate::sys::swap::fresh_like(fd, family, ino) {
+                Ok(new) => {
+                    if crate::sys::swap::install(new, fd).is_ok() {
+                        let ino = fdtable::ino(fd).unwrap_or(0);
+                        fdtable::update(fd, ino, 0, flag::PLACED | flag::SETTLED | flag::SHIM_BOUND);
+                        stats::bump(C::swaps);
+                    } else {
+                        // SAFETY: our fresh socket.
+                        unsafe { real::close(new) };
+                    }
+                }
+                Err(e) => log::warn!("fd {fd}: disconnected UDP socket keeps its slice port ({e:?})"),
+            }
+        }
+    }
+    errno::set(e0);
+}
+
+/// The sends: with MSG_FASTOPEN a TCP send is a connect; the first unconnected send of a UDP
+/// socket places it. Later sends cost one fstat and an atomic load.
+unsafe fn send(
+    fd: c_int,
+    dst: Option<SocketAddr>,
+    fastopen: bool,
+    mut send: impl FnMut(c_int) -> isize,
+) -> isize {
+    match (mode(), dst) {
+        (Some(Mode::Active(_) | Mode::Deny), Some(dst)) => {
+            if fastopen {
+                return outgoing(fd, dst, Call::Connect, send);
+            }
+            let e0 = errno::get();
+            let settled = fdtable::occupied(fd)
+                && fdtable::ino(fd)
+                    .is_some_and(|ino| fdtable::flags(fd, ino) & (flag::PLACED | flag::SETTLED) != 0);
+            errno::set(e0);
+            if settled {
+                send(fd)
+            } else {
+                outgoing(fd, dst, Call::FirstSend, send)
+            }
+        }
+        (Some(Mode::Active(_)), None) => {
+            materialize_if_deferred(fd);
+            send(fd)
+        }
+        _ => send(fd),
+    }
 }
 
 pub unsafe fn sendto(
@@ -268,37 +375,27 @@ pub unsafe fn sendto(
     sa: *const sockaddr,
     len: socklen_t,
 ) -> isize {
-    if flags & libc::MSG_FASTOPEN != 0 || matches!(mode(), Some(Mode::Deny)) {
-        if let Some(dst) = addr::parse(sa, len) {
-            let call = if flags & libc::MSG_FASTOPEN != 0 { Call::Connect } else { Call::FirstSend };
-            return outgoing(fd, dst, call, |t| real::sendto(t, buf, n, flags, sa, len));
-        }
-    }
-    materialize_if_deferred(fd);
-    real::sendto(fd, buf, n, flags, sa, len)
+    let dst = addr::parse(sa, len);
+    send(fd, dst, flags & libc::MSG_FASTOPEN != 0, |t| real::sendto(t, buf, n, flags, sa, len))
 }
+
 pub unsafe fn sendmsg(fd: c_int, msg: *const libc::msghdr, flags: c_int) -> isize {
-    if !msg.is_null() && (flags & libc::MSG_FASTOPEN != 0 || matches!(mode(), Some(Mode::Deny))) {
-        let m = &*msg;
-        if let Some(dst) = addr::parse(m.msg_name as *const sockaddr, m.msg_namelen) {
-            let call = if flags & libc::MSG_FASTOPEN != 0 { Call::Connect } else { Call::FirstSend };
-            return outgoing(fd, dst, call, |t| real::sendmsg(t, msg, flags));
-        }
-    }
-    materialize_if_deferred(fd);
-    real::sendmsg(fd, msg, flags)
+    let dst = if msg.is_null() {
+        None
+    } else {
+        addr::parse((*msg).msg_name as *const sockaddr, (*msg).msg_namelen)
+    };
+    send(fd, dst, flags & libc::MSG_FASTOPEN != 0, |t| real::sendmsg(t, msg, flags))
 }
 
 pub unsafe fn sendmmsg(fd: c_int, msgs: *mut libc::mmsghdr, n: libc::c_uint, flags: c_int) -> c_int {
-    if !msgs.is_null() && n > 0 && matches!(mode(), Some(Mode::Deny)) {
+    let dst = if msgs.is_null() || n == 0 {
+        None
+    } else {
         let m = &(*msgs).msg_hdr;
-        if let Some(dst) = addr::parse(m.msg_name as *const sockaddr, m.msg_namelen) {
-            return outgoing(fd, dst, Call::FirstSend, |t| real::sendmmsg(t, msgs, n, flags) as isize)
-                as c_int;
-        }
-    }
-    materialize_if_deferred(fd);
-    real::sendmmsg(fd, msgs, n, flags)
+        addr::parse(m.msg_name as *const sockaddr, m.msg_namelen)
+    };
+    send(fd, dst, false, |t| real::sendmmsg(t, msgs, n, flags) as isize) as c_int
 }
 
 unsafe fn read_int(val: *const c_void, len: socklen_t) -> u32 {

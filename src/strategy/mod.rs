@@ -2,6 +2,7 @@
 //! port search), `exclusive` (an owned port, for bind-now and unconnected UDP), and the port
 //! `order` they share.
 
+pub mod cookie;
 pub mod exclusive;
 pub mod kernel;
 pub mod order;
@@ -43,11 +44,16 @@ pub struct Target {
     pub family: c_int,
     /// The socket in use (== fd while the program's own socket is usable).
     pub cur: c_int,
+    /// The program's own socket was bound by an attempt that failed: unless a fresh socket is
+    /// committed, the program's fd gets a clean unbound one back (a burnt socket would keep a
+    /// slice port, locked).
+    own_burnt: bool,
+    committed: bool,
 }
 
 impl Target {
     pub fn new(fd: c_int, ino: u64, family: c_int, own_usable: bool) -> Result<Target, Placed> {
-        let mut t = Target { fd, ino, family, cur: fd };
+        let mut t = Target { fd, ino, family, cur: fd, own_burnt: false, committed: false };
         if !own_usable {
             t.fresh()?;
         }
@@ -60,6 +66,7 @@ impl Target {
 
     /// Leave the current socket (burnt by a failed attempt) for a fresh one.
     pub fn fresh(&mut self) -> Result<(), Placed> {
+        self.own_burnt |= self.is_own();
         self.drop_fresh();
         self.cur = swap::fresh_like(self.fd, self.family, self.ino).map_err(Placed::Swap)?;
         Ok(())
@@ -67,6 +74,7 @@ impl Target {
 
     /// The attempt on `cur` has an outcome for the program: make `cur` the program's socket.
     pub fn commit(&mut self) -> Result<(), Placed> {
+        self.committed = true;
         if !self.is_own() {
             let cur = std::mem::replace(&mut self.cur, self.fd);
             if let Err(e) = swap::install(cur, self.fd) {
@@ -89,8 +97,18 @@ impl Target {
 }
 
 impl Drop for Target {
+    /// No outcome for the program: close the fresh socket, and give the program's fd a clean
+    /// unbound socket if an attempt burnt its own.
     fn drop(&mut self) {
         self.drop_fresh();
+        if self.own_burnt && !self.committed {
+            if let Ok(clean) = swap::fresh_like(self.fd, self.family, self.ino) {
+                if swap::install(clean, self.fd).is_err() {
+                    // SAFETY: clean is our fresh socket.
+                    unsafe { crate::real::close(clean) };
+                }
+            }
+        }
     }
 }
 

@@ -34,6 +34,17 @@ pub unsafe fn parse(addr: *const sockaddr, len: socklen_t) -> Option<SocketAddr>
     }
 }
 
+/// The family of a sockaddr, if `len` covers it.
+///
+/// # Safety
+/// As [`parse`].
+pub unsafe fn family_of(addr: *const sockaddr, len: socklen_t) -> Option<c_int> {
+    if addr.is_null() || (len as usize) < size_of::<libc::sa_family_t>() {
+        return None;
+    }
+    Some(c_int::from((*addr).sa_family))
+}
+
 /// A sockaddr ready to hand to the kernel.
 pub struct Raw {
     pub storage: sockaddr_storage,

@@ -241,7 +241,6 @@ pub fn tcp(subject: c_int, local: SocketAddr, remote: SocketAddr) -> Result<Opti
     lookup(subject, libc::IPPROTO_TCP as u8, local, remote, 0)
 }
 
-#[allow(dead_code)] // UDP placement lands next
 /// The UDP socket that would receive a datagram from `remote` to `local` (an exact connected
 /// match beats an unconnected one on that port). `ifindex`: the device a socket is bound to.
 pub fn udp(
@@ -253,7 +252,6 @@ pub fn udp(
     lookup(subject, libc::IPPROTO_UDP as u8, remote, local, ifindex)
 }
 
-#[allow(dead_code)] // UDP placement lands next
 /// SO_COOKIE of a socket (assigned on first ask).
 pub fn cookie(fd: c_int) -> Option<u64> {
     let mut v: u64 = 0;
