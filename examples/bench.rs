@@ -1,29 +1,42 @@
 //! The shim's cost per flow, as ratios measured in one run (machines are noisy; ratios travel).
 //!
-//!     cargo build --release && cargo run --release --example bench [-- --n 4000 --rounds 5]
+//!     cargo build --release && cargo run --release --example bench [-- --n 2000 --rounds 3]
 //!
-//! A native client (this program, re-executed as a child under each configuration) opens N
-//! loopback TCP connections in a row against a listener that accepts and closes; the client reads
+//! TCP: a native client (this program, re-executed as a child under each configuration) opens N
+//! loopback connections in a row against a listener that accepts and closes; the client reads
 //! the EOF and closes with RST (SO_LINGER 0), so no TIME_WAIT piles up and the client never
-//! outruns the accept queue. Configurations run interleaved, `--rounds` times; the figure
-//! per configuration is the median of its rounds' per-connect times.
+//! outruns the accept queue. For the retry strategy, a "filler" child under the shim first holds
+//! 0%, 50% or 90% of the slice's ports towards the same listener, with the sock_diag pre-check
+//! on and off; attempts (binds) and look-ups per placed connect come from PORTRANGE_STATS.
+//!
+//! UDP: socket() + connect() + close() cycles, the median cycle time with and without the shim.
+//!
+//! Configurations run interleaved, `--rounds` times; each figure is the median over rounds.
 
-use std::io::Read;
+use std::io::{BufRead, Read, Write};
 use std::net::{SocketAddr, TcpListener};
 use std::os::fd::AsRawFd;
-use std::process::Command;
+use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+const SLICE_PORTS: u16 = 512;
+
+#[derive(Clone)]
 struct Conf {
-    name: &'static str,
+    name: String,
     shim: bool,
     env: Vec<(&'static str, String)>,
+    /// Ports of the slice held by a filler process while measuring.
+    fill: usize,
 }
 
 fn main() {
     let args: Vec<String> = std::env::args().collect();
-    if args.get(1).map(String::as_str) == Some("--child") {
-        return child(&args[2], args[3].parse().expect("n"));
+    match args.get(1).map(String::as_str) {
+        Some("--child") => return child(&args[2], args[3].parse().expect("n")),
+        Some("--udp-child") => return udp_child(&args[2], args[3].parse().expect("n")),
+        Some("--hold") => return hold(&args[2], args[3].parse().expect("n")),
+        _ => {}
     }
     let flag = |name: &str, default: usize| -> usize {
         args.iter()
@@ -32,8 +45,8 @@ fn main() {
             .and_then(|v| v.parse().ok())
             .unwrap_or(default)
     };
-    let n = flag("--n", 4000);
-    let rounds = flag("--rounds", 5);
+    let n = flag("--n", 2000);
+    let rounds = flag("--rounds", 3);
     let so = match std::env::var_os("PORTRANGE_SO") {
         Some(p) => std::path::PathBuf::from(p),
         None => std::env::current_exe().unwrap().parent().unwrap().parent().unwrap().join("libportrange.so"),
@@ -48,14 +61,15 @@ fn main() {
 
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = listener.local_addr().unwrap();
-    // The sink closes first (FIN); the client waits for it and answers with RST: each iteration
-    // is one full round trip (the client cannot outrun the accept queue) and no TIME_WAIT is
-    // left on either side to disturb later runs.
+    // The sink closes first (FIN); held connections stay in CLOSE_WAIT on the client side, which
+    // keeps their 4-tuples taken.
     std::thread::spawn(move || {
         for s in listener.incoming() {
             drop(s);
         }
     });
+    let udp_server = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    let udp_addr = udp_server.local_addr().unwrap();
 
     let (sys_lo, sys_hi) = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
         .ok()
@@ -64,41 +78,104 @@ fn main() {
             Some((*v.first()?, *v.get(1)?))
         })
         .unwrap_or((32768, 60999));
-    // A 4096-port slice inside the sysctl range, clear of the listener's port.
-    let lo = if addr.port() > sys_lo + 5000 { sys_lo + 100 } else { sys_hi - 4200 };
-    let slice = format!("127.0.0.2:{lo}-{}", lo + 4095);
-    let confs = [
-        Conf { name: "no shim", shim: false, env: vec![] },
-        Conf { name: "shim loaded, PORTRANGE unset", shim: true, env: vec![] },
-        Conf {
-            name: "shim, kernel strategy",
-            shim: true,
-            env: vec![("PORTRANGE", slice.clone()), ("PORTRANGE_STRATEGY", "kernel".into())],
-        },
-    ];
+    // Slices inside the sysctl range (so the kernel strategy can serve them), clear of the
+    // listener's port: a big one for the kernel strategy, a 512-port one for the retry fills.
+    let base = if addr.port() > sys_lo + 6000 { sys_lo + 100 } else { sys_hi - 6000 };
+    let big = format!("127.0.0.2:{base}-{}", base + 4095);
+    let small = format!("127.0.0.2:{}-{}", base + 4200, base + 4200 + SLICE_PORTS - 1);
 
-    println!("portrange bench: {n} TCP connect+close per run, {rounds} rounds, loopback, slice {slice}");
-    let mut results: Vec<Vec<f64>> = vec![Vec::new(); confs.len()];
-    for _ in 0..rounds {
-        for (i, c) in confs.iter().enumerate() {
-            results[i].push(run(c, &so, addr, n));
+    let env = |strategy: &str, slice: &str, precheck: bool| {
+        vec![
+            ("PORTRANGE", slice.to_string()),
+            ("PORTRANGE_STRATEGY", strategy.to_string()),
+            ("PORTRANGE_PRECHECK", if precheck { "on" } else { "off" }.to_string()),
+        ]
+    };
+    let mut confs = vec![
+        Conf { name: "no shim".into(), shim: false, env: vec![], fill: 0 },
+        Conf { name: "shim loaded, PORTRANGE unset".into(), shim: true, env: vec![], fill: 0 },
+        Conf { name: "kernel strategy".into(), shim: true, env: env("kernel", &big, true), fill: 0 },
+    ];
+    for fill_pct in [0, 50, 90] {
+        for precheck in [true, false] {
+            confs.push(Conf {
+                name: format!("retry, {fill_pct}% full, pre-check {}", if precheck { "on" } else { "off" }),
+                shim: true,
+                env: env("retry", &small, precheck),
+                fill: SLICE_PORTS as usize * fill_pct / 100,
+            });
         }
     }
-    let median = |v: &mut Vec<f64>| {
-        v.sort_by(|a, b| a.partial_cmp(b).unwrap());
-        v[v.len() / 2]
-    };
-    let base = median(&mut results[0].clone());
-    println!("{:<34} {:>12} {:>12} {:>10}", "configuration", "µs/connect", "connects/s", "vs no shim");
-    for (c, r) in confs.iter().zip(results.iter_mut()) {
-        let m = median(r);
-        println!("{:<34} {:>12.2} {:>12.0} {:>9.2}x", c.name, m, 1e6 / m, m / base);
+
+    println!("portrange bench: {n} TCP connect+close per run, {rounds} rounds, loopback");
+    println!("  kernel slice {big}; retry slice {small} ({SLICE_PORTS} ports)");
+    let mut results: Vec<Vec<Measured>> = vec![Vec::new(); confs.len()];
+    for _ in 0..rounds {
+        for (i, c) in confs.iter().enumerate() {
+            results[i].push(run_tcp(c, &so, addr, n));
+        }
     }
+    let base_us = median(results[0].iter().map(|m| m.us).collect());
+    println!();
+    println!(
+        "{:<36} {:>11} {:>11} {:>10} {:>9} {:>9}",
+        "TCP configuration", "µs/connect", "connects/s", "vs no shim", "binds/c", "lookups/c"
+    );
+    for (c, r) in confs.iter().zip(&results) {
+        let us = median(r.iter().map(|m| m.us).collect());
+        let per = |f: fn(&Measured) -> f64| -> String {
+            if c.env.is_empty() {
+                "-".into()
+            } else {
+                format!("{:.2}", median(r.iter().map(f).collect()))
+            }
+        };
+        println!(
+            "{:<36} {:>11.2} {:>11.0} {:>9.2}x {:>9} {:>9}",
+            c.name,
+            us,
+            1e6 / us,
+            us / base_us,
+            per(|m| m.binds),
+            per(|m| m.lookups)
+        );
+    }
+
+    // UDP socket + connect + close.
+    let udp_confs = [
+        Conf { name: "no shim".into(), shim: false, env: vec![], fill: 0 },
+        Conf { name: "shim (cookie check)".into(), shim: true, env: env("auto", &big, true), fill: 0 },
+    ];
+    let mut udp: Vec<Vec<f64>> = vec![Vec::new(); udp_confs.len()];
+    for _ in 0..rounds {
+        for (i, c) in udp_confs.iter().enumerate() {
+            udp[i].push(run(c, &so, "--udp-child", udp_addr, n).0);
+        }
+    }
+    let udp_base = median(udp[0].clone());
+    println!();
+    println!("{:<36} {:>11} {:>10}", "UDP socket+connect+close", "µs median", "vs no shim");
+    for (c, r) in udp_confs.iter().zip(&udp) {
+        let m = median(r.clone());
+        println!("{:<36} {:>11.2} {:>9.2}x", c.name, m, m / udp_base);
+    }
+    drop(udp_server);
 }
 
-fn run(c: &Conf, so: &std::path::Path, addr: SocketAddr, n: usize) -> f64 {
+#[derive(Clone, Copy)]
+struct Measured {
+    us: f64,
+    binds: f64,
+    lookups: f64,
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    v[v.len() / 2]
+}
+
+fn command(c: &Conf, so: &std::path::Path) -> Command {
     let mut cmd = Command::new(std::env::current_exe().unwrap());
-    cmd.args(["--child", &addr.to_string(), &n.to_string()]);
     for k in [
         "LD_PRELOAD",
         "PORTRANGE",
@@ -115,37 +192,125 @@ fn run(c: &Conf, so: &std::path::Path, addr: SocketAddr, n: usize) -> f64 {
     for (k, v) in &c.env {
         cmd.env(k, v);
     }
-    let out = cmd.output().expect("run child");
-    let text = String::from_utf8_lossy(&out.stdout);
-    match text.trim().parse::<f64>() {
-        Ok(v) => v,
-        Err(_) => panic!("{}: child said {text:?} / {}", c.name, String::from_utf8_lossy(&out.stderr)),
-    }
+    cmd
 }
 
-/// Child: N connect+close, prints µs per connect.
+/// Run a measuring child; returns (its figure, its stats line).
+fn run(c: &Conf, so: &std::path::Path, mode: &str, addr: SocketAddr, n: usize) -> (f64, String) {
+    let stats = std::env::temp_dir().join(format!("portrange-bench-{}.json", std::process::id()));
+    let _ = std::fs::remove_file(&stats);
+    let out = command(c, so)
+        .args([mode, &addr.to_string(), &n.to_string()])
+        .env("PORTRANGE_STATS", &stats)
+        .output()
+        .expect("run child");
+    let text = String::from_utf8_lossy(&out.stdout);
+    let v = match text.trim().parse::<f64>() {
+        Ok(v) => v,
+        Err(_) => panic!("{}: child said {text:?} / {}", c.name, String::from_utf8_lossy(&out.stderr)),
+    };
+    if !out.stderr.is_empty() {
+        eprintln!("{}: {}", c.name, String::from_utf8_lossy(&out.stderr).trim());
+    }
+    let line = std::fs::read_to_string(&stats).unwrap_or_default();
+    let _ = std::fs::remove_file(&stats);
+    (v, line)
+}
+
+fn counter(line: &str, name: &str) -> f64 {
+    line.split(&format!("\"{name}\":"))
+        .nth(1)
+        .and_then(|r| r.split([',', '}']).next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0.0)
+}
+
+fn run_tcp(c: &Conf, so: &std::path::Path, addr: SocketAddr, n: usize) -> Measured {
+    let filler: Option<Child> = (c.fill > 0).then(|| {
+        let mut f = command(c, so)
+            .args(["--hold", &addr.to_string(), &c.fill.to_string()])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("filler");
+        let mut line = String::new();
+        std::io::BufReader::new(f.stdout.as_mut().unwrap()).read_line(&mut line).unwrap();
+        assert_eq!(line.trim(), format!("held {}", c.fill), "{}: filler", c.name);
+        f
+    });
+    let (us, stats) = run(c, so, "--child", addr, n);
+    if let Some(mut f) = filler {
+        drop(f.stdin.take());
+        let _ = f.wait();
+    }
+    let placed = counter(&stats, "placed_tcp_kernel") + counter(&stats, "placed_tcp_retry");
+    let per = |x: f64| if placed > 0.0 { x / placed } else { 0.0 };
+    Measured { us, binds: per(counter(&stats, "attempts")), lookups: per(counter(&stats, "lookups")) }
+}
+
+/// Filler: hold N connections (placed by the shim) until stdin closes.
+fn hold(addr: &str, n: usize) {
+    let addr: SocketAddr = addr.parse().unwrap();
+    let held: Vec<_> = (0..n).filter_map(|_| std::net::TcpStream::connect(addr).ok()).collect();
+    println!("held {}", held.len());
+    std::io::stdout().flush().unwrap();
+    let _ = std::io::stdin().read(&mut [0u8; 1]);
+}
+
+/// Child: N connect + read EOF + close(RST); prints µs per connect.
 fn child(addr: &str, n: usize) {
     let addr: SocketAddr = addr.parse().unwrap();
-    // Warm-up (first connect pays for lazy symbol resolution).
-    for _ in 0..50 {
-        let _ = std::net::TcpStream::connect(addr);
+    for _ in 0..20 {
+        let _ = std::net::TcpStream::connect(addr).map(|s| set_linger0(s.as_raw_fd()));
     }
     let t = Instant::now();
-    let mut failed = 0;
+    let mut failed = std::collections::BTreeMap::new();
     for _ in 0..n {
         match std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(2)) {
             Ok(mut s) => {
                 let _ = s.read(&mut [0u8; 16]);
                 set_linger0(s.as_raw_fd());
             }
-            Err(_) => failed += 1,
+            Err(e) => *failed.entry(e.to_string()).or_insert(0) += 1,
         }
     }
     let us = t.elapsed().as_secs_f64() * 1e6 / n as f64;
-    if failed > 0 {
-        eprintln!("{failed} connects failed");
+    if !failed.is_empty() {
+        eprintln!("connects failed: {failed:?}");
     }
     println!("{us}");
+}
+
+/// UDP child: N socket+connect+close cycles; prints the median cycle in µs.
+fn udp_child(addr: &str, n: usize) {
+    let addr: SocketAddr = addr.parse().unwrap();
+    let std::net::SocketAddr::V4(a) = addr else { panic!("v4") };
+    let sin = libc::sockaddr_in {
+        sin_family: libc::AF_INET as libc::sa_family_t,
+        sin_port: a.port().to_be(),
+        sin_addr: libc::in_addr { s_addr: u32::from(*a.ip()).to_be() },
+        sin_zero: [0; 8],
+    };
+    let mut times = Vec::with_capacity(n);
+    let mut failed = 0;
+    for i in 0..n + 50 {
+        let t = Instant::now();
+        // SAFETY: plain socket calls on a socket we own.
+        let ok = unsafe {
+            let fd = libc::socket(libc::AF_INET, libc::SOCK_DGRAM, 0);
+            let r = libc::connect(fd, (&sin as *const libc::sockaddr_in).cast(), 16);
+            libc::close(fd);
+            r == 0
+        };
+        if i >= 50 {
+            times.push(t.elapsed().as_secs_f64() * 1e6);
+        }
+        failed += usize::from(!ok);
+    }
+    if failed > 0 {
+        eprintln!("{failed} UDP connects failed");
+    }
+    println!("{}", median(times));
 }
 
 /// Close with RST: no TIME_WAIT on either side, so runs do not disturb each other.

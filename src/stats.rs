@@ -22,6 +22,8 @@ counters! {
     // port attempts (each bind/connect of a candidate port) and conflicts found
     attempts,
     conflicts,
+    // sock_diag look-ups (retry pre-check, UDP cookie check)
+    lookups,
     // a slice (or all slices) had no free port for the destination
     exhausted,
     // flows left alone, by reason

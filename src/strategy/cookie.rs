@@ -68,6 +68,7 @@ pub fn place<'a>(
             if let Err(e) = addr::set_u32(s, libc::SOL_SOCKET, libc::SO_REUSEADDR, 0) {
                 return Placed::Setup(e);
             }
+            stats::bump(C::lookups);
             let found = diag::udp(s, local, dst, ifindex(s));
             let free = match (ours, found) {
                 (Some(c), Ok(Some(f))) => f.cookie == c,

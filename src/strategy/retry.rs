@@ -41,6 +41,7 @@ impl Retry<'_> {
                 }
                 let local = SocketAddr::new(slice.ip, port);
                 if self.precheck {
+                    stats::bump(C::lookups);
                     if let Ok(Some(f)) = diag::tcp(target.fd, local, dst) {
                         // A TIME_WAIT holder does not block an explicit bind + connect.
                         if f.state != diag::TCP_TIME_WAIT {

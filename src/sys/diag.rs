@@ -9,7 +9,8 @@
 //! The netlink socket is one of the shim's own descriptors: close-on-exec, placed high, checked
 //! before each use, one per process (re-opened after fork: a shared one would interleave the
 //! parent's and the child's replies) and per network namespace (re-opened when the socket being
-//! placed lives in another one).
+//! placed lives in another one). Threads take turns on it (a request and its reply under one
+//! lock): a thread that read another thread's reply would leave that thread waiting forever.
 
 use crate::real;
 use crate::sys::ownfd::OwnFd;
@@ -83,6 +84,39 @@ static NL: OwnFd = OwnFd::new();
 static NL_PID: AtomicI32 = AtomicI32::new(0);
 static NL_NETNS: AtomicU64 = AtomicU64::new(0);
 static SEQ: AtomicU32 = AtomicU32::new(1);
+/// The lock: the pid of the process whose thread holds it, or 0. Keyed by pid, so a fork while
+/// another thread held it leaves the child's copy free (that thread does not exist there).
+static LOCK: AtomicI32 = AtomicI32::new(0);
+
+struct Turn;
+
+impl Turn {
+    fn take() -> Turn {
+        // SAFETY: getpid has no preconditions.
+        let pid = unsafe { libc::getpid() };
+        let mut spins = 0u32;
+        loop {
+            let cur = LOCK.load(Relaxed);
+            if (cur == 0 || cur != pid)
+                && LOCK.compare_exchange(cur, pid, std::sync::atomic::Ordering::Acquire, Relaxed).is_ok()
+            {
+                return Turn;
+            }
+            spins += 1;
+            if spins < 64 {
+                std::hint::spin_loop();
+            } else {
+                std::thread::yield_now();
+            }
+        }
+    }
+}
+
+impl Drop for Turn {
+    fn drop(&mut self) {
+        LOCK.store(0, std::sync::atomic::Ordering::Release);
+    }
+}
 
 /// The network namespace cookie of a socket (Linux 5.14+; 0 if unknown).
 fn netns_of(fd: c_int) -> u64 {
@@ -122,6 +156,18 @@ fn netlink(subject: c_int) -> Result<c_int, DiagError> {
     if fd < 0 {
         return Err(DiagError(crate::errno::get()));
     }
+    // A reply that never comes (it cannot, but) must not hang the program's connect.
+    let tv = libc::timeval { tv_sec: 1, tv_usec: 0 };
+    // SAFETY: tv is a valid timeval.
+    unsafe {
+        real::setsockopt(
+            fd,
+            libc::SOL_SOCKET,
+            libc::SO_RCVTIMEO,
+            (&tv as *const libc::timeval).cast(),
+            std::mem::size_of::<libc::timeval>() as libc::socklen_t,
+        )
+    };
     if !NL.adopt(fd) {
         return Err(DiagError(libc::EBADF));
     }
@@ -150,6 +196,7 @@ fn lookup(
     dst: SocketAddr,
     ifindex: u32,
 ) -> Result<Option<Found>, DiagError> {
+    let _turn = Turn::take();
     let nl = netlink(subject)?;
     let family = if crate::config::canonical(dst.ip()).is_ipv4() { libc::AF_INET } else { libc::AF_INET6 };
     let seq = SEQ.fetch_add(1, Relaxed);
@@ -336,6 +383,26 @@ mod tests {
             libc::close(y);
         }
         Some(())
+    }
+
+    #[test]
+    fn threads_take_turns() {
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        let c = TcpStream::connect(l.local_addr().unwrap()).unwrap();
+        let (local, remote) = (c.local_addr().unwrap(), c.peer_addr().unwrap());
+        let fd = c.as_raw_fd();
+        let threads: Vec<_> = (0..8)
+            .map(|_| {
+                std::thread::spawn(move || {
+                    for _ in 0..500 {
+                        assert!(tcp(fd, local, remote).unwrap().is_some());
+                    }
+                })
+            })
+            .collect();
+        for t in threads {
+            t.join().unwrap();
+        }
     }
 
     #[test]
