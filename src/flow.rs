@@ -136,12 +136,6 @@ fn place_tcp(
     e0: c_int,
     mut attempt: impl FnMut(c_int) -> isize,
 ) -> isize {
-    if let Tcp::Unavailable(why) = &active.tcp {
-        static ONCE: AtomicBool = AtomicBool::new(false);
-        warn_once(&ONCE, || format!("TCP connect refused (EADDRNOTAVAIL): {why}"));
-        stats::bump(C::exhausted);
-        return fail(libc::EADDRNOTAVAIL);
-    }
     let cfg = &active.cfg;
     let rotate = active.rotate.fetch_add(1, Relaxed);
     let candidates = || scope::candidates(cfg, v6, pinned, rotate);

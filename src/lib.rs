@@ -3,6 +3,7 @@
 //! and README.md for the layout; the path of a call is
 //! `hooks` → `guard` → `flow` (→ `scope::decide`) → `strategy::*` → errno/return.
 
+pub mod choice;
 pub mod config;
 mod errno;
 mod fdtable;
@@ -20,28 +21,11 @@ mod sys;
 #[cfg(not(test))]
 mod hooks;
 
-use config::{Config, OnError, StrategyChoice};
+use config::{Config, OnError};
 use std::sync::atomic::{AtomicI32, AtomicUsize, Ordering::Relaxed};
 use std::sync::OnceLock;
 
-/// How TCP flows are placed in this process (one choice for its whole life).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Tcp {
-    Kernel,
-    Retry,
-    /// No strategy can honour the configuration here; in-scope TCP connects fail with this reason.
-    Unavailable(String),
-}
-
-impl Tcp {
-    fn name(&self) -> &'static str {
-        match self {
-            Tcp::Kernel => "kernel",
-            Tcp::Retry => "retry",
-            Tcp::Unavailable(_) => "unavailable",
-        }
-    }
-}
+pub use choice::Tcp;
 
 pub struct Active {
     pub cfg: Config,
@@ -126,12 +110,10 @@ fn build_mode() -> Mode {
             return on_error(parsed.on_error);
         }
     };
-    match choose_tcp(&cfg) {
-        Ok(tcp) => {
-            if tcp == Tcp::Kernel
-                && sys::sysctl::tcp_tw_reuse() != Some(1)
-                && cfg.strategy == StrategyChoice::Kernel
-            {
+    match choice::choose_tcp(&cfg, &choice::KernelFacts::read()) {
+        Ok((tcp, why)) => {
+            ::log::debug!("tcp strategy {}: {why}", tcp.name());
+            if tcp == Tcp::Kernel && sys::sysctl::tcp_tw_reuse() != Some(1) {
                 ::log::info!(
                     "kernel strategy with net.ipv4.tcp_tw_reuse != 1: a 4-tuple in TIME_WAIT stays \
                      unusable for 60 s (loopback: 1 s)"
@@ -170,46 +152,6 @@ fn on_error(o: OnError) -> Mode {
     match o {
         OnError::Deny => Mode::Deny,
         OnError::Passthrough => Mode::Inactive,
-    }
-}
-
-/// Whether the kernel strategy can honour every slice here, and why not.
-pub fn kernel_obstacle(cfg: &Config) -> Option<String> {
-    if !sys::sysctl::has_local_port_range() {
-        return Some("this kernel has no IP_LOCAL_PORT_RANGE (Linux 6.3+)".into());
-    }
-    let Some((lo, hi)) = sys::sysctl::local_port_range() else {
-        return Some("cannot read net.ipv4.ip_local_port_range".into());
-    };
-    let outside: Vec<String> =
-        cfg.slices.iter().filter(|s| s.lo < lo || s.hi > hi).map(|s| s.to_string()).collect();
-    if !outside.is_empty() {
-        return Some(format!(
-            "slice {} lies outside net.ipv4.ip_local_port_range {lo}-{hi}, and the kernel clamps \
-             IP_LOCAL_PORT_RANGE to it",
-            outside.join(", ")
-        ));
-    }
-    None
-}
-
-/// One TCP strategy for the whole process (SPEC): `auto` takes `kernel` only where the kernel has
-/// the option, every slice lies inside the sysctl range, and tcp_tw_reuse is 1 (otherwise a
-/// TIME_WAIT 4-tuple stays unusable for 60 s); else `retry`.
-fn choose_tcp(cfg: &Config) -> Result<Tcp, String> {
-    match cfg.strategy {
-        StrategyChoice::Retry => Ok(Tcp::Retry),
-        StrategyChoice::Kernel => match kernel_obstacle(cfg) {
-            None => Ok(Tcp::Kernel),
-            Some(why) => Err(format!("PORTRANGE_STRATEGY=kernel cannot be honoured: {why}")),
-        },
-        StrategyChoice::Auto => {
-            if kernel_obstacle(cfg).is_none() && sys::sysctl::tcp_tw_reuse() == Some(1) {
-                Ok(Tcp::Kernel)
-            } else {
-                Ok(Tcp::Retry)
-            }
-        }
     }
 }
 

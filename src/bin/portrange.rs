@@ -1,5 +1,12 @@
-//! `portrange`: run programs with the shim (`exec`), show it at work (`demo`).
+//! `portrange`: run programs with the shim (`exec`), show it at work (`demo`), explain a
+//! configuration (`check`), split a range for a fleet (`plan`).
 
+#[path = "../choice.rs"]
+mod choice;
+#[path = "../cli/check.rs"]
+mod cli_check;
+#[path = "../cli/plan.rs"]
+mod cli_plan;
 #[path = "../config.rs"]
 #[allow(dead_code)]
 mod config;
@@ -17,6 +24,8 @@ usage:
   portrange exec --slice IP:LO-HI [--slice ...] [--skip CIDR ...] [--strategy auto|kernel|retry]
                  [--log LEVEL] [--stats PATH] -- PROGRAM [ARGS...]
   portrange demo
+  portrange check [--json] [--slice ... --skip ... --strategy ...]   (default: the PORTRANGE* environment)
+  portrange plan --ip IP --ports LO-HI --servers N [--index I] [--exclude PORTS]
 
 The shim is found at $PORTRANGE_SO, or as libportrange.so next to this executable.";
 
@@ -26,6 +35,8 @@ fn main() -> ExitCode {
     let r = match cmd {
         "exec" => exec(&args[1..]),
         "demo" => demo(),
+        "check" => return check(&args[1..]),
+        "plan" => plan(&args[1..]),
         "demo-client" => demo_client(&args[1..]),
         "-h" | "--help" | "help" => {
             println!("{USAGE}");
@@ -67,10 +78,15 @@ fn ld_preload(so: &std::path::Path) -> OsString {
     v
 }
 
-fn exec(args: &[OsString]) -> Result<(), String> {
+/// PORTRANGE* variables and their values.
+type EnvVars = Vec<(&'static str, String)>;
+
+/// The shim's settings given as flags (`--slice`, `--skip`, `--strategy`, `--log`, `--stats`),
+/// each checked, as PORTRANGE* variables; and where the remaining arguments start.
+fn shim_flags(args: &[OsString], allow: &[&str]) -> Result<(EnvVars, usize), String> {
     let mut slices = Vec::new();
     let mut skip: Option<Vec<String>> = None;
-    let mut env: Vec<(&str, String)> = Vec::new();
+    let mut env: Vec<(&'static str, String)> = Vec::new();
     let mut i = 0;
     let value = |i: usize, name: &str| -> Result<String, String> {
         args.get(i + 1)
@@ -81,58 +97,138 @@ fn exec(args: &[OsString]) -> Result<(), String> {
     while i < args.len() {
         let a = args[i].to_str().unwrap_or("");
         match a {
-            "--" => {
-                i += 1;
-                break;
-            }
             "--slice" => {
                 let v = value(i, a)?;
                 config::parse_slices(&v).map_err(|e| format!("--slice {v}: {e}"))?;
                 slices.push(v);
-                i += 2;
             }
             "--skip" => {
                 let v = value(i, a)?;
                 config::parse_skip(&v).map_err(|e| format!("--skip {v}: {e}"))?;
                 skip.get_or_insert_with(Vec::new).push(v);
-                i += 2;
             }
             "--strategy" => {
                 let v = value(i, a)?;
                 config::parse_strategy(&v).map_err(|e| format!("--strategy {v}: {e}"))?;
                 env.push(("PORTRANGE_STRATEGY", v));
-                i += 2;
             }
             "--log" => {
                 let v = value(i, a)?;
                 config::parse_log_filter(&v).map_err(|e| format!("--log {v}: {e}"))?;
                 env.push(("PORTRANGE_LOG", v));
-                i += 2;
             }
-            "--stats" => {
-                env.push(("PORTRANGE_STATS", value(i, a)?));
-                i += 2;
+            "--stats" => env.push(("PORTRANGE_STATS", value(i, a)?)),
+            _ if allow.contains(&a) => {
+                i += 1;
+                continue;
             }
-            _ => return Err(format!("unexpected argument {a:?} (the program goes after `--`)\n{USAGE}")),
+            _ => break,
         }
+        i += 2;
+    }
+    if !slices.is_empty() {
+        let portrange = slices.join(",");
+        config::parse_slices(&portrange).map_err(|e| format!("--slice: {e}"))?;
+        env.push(("PORTRANGE", portrange));
+    }
+    if let Some(skip) = skip {
+        env.push(("PORTRANGE_SKIP", skip.join(",")));
+    }
+    Ok((env, i))
+}
+
+fn exec(args: &[OsString]) -> Result<(), String> {
+    let (env, mut i) = shim_flags(args, &[])?;
+    match args.get(i).and_then(|a| a.to_str()) {
+        Some("--") => i += 1,
+        Some(a) if a.starts_with("--") => {
+            return Err(format!("unexpected argument {a:?} (the program goes after `--`)\n{USAGE}"))
+        }
+        _ => {}
     }
     let program = args.get(i).ok_or_else(|| format!("no program given\n{USAGE}"))?;
-    if slices.is_empty() {
+    if !env.iter().any(|(k, _)| *k == "PORTRANGE") {
         return Err("at least one --slice is needed".into());
     }
-    let portrange = slices.join(",");
-    config::parse_slices(&portrange).map_err(|e| format!("--slice: {e}"))?;
     let so = so_path()?;
     let mut cmd = Command::new(program);
-    cmd.args(&args[i + 1..]).env("LD_PRELOAD", ld_preload(&so)).env("PORTRANGE", portrange);
-    if let Some(skip) = skip {
-        cmd.env("PORTRANGE_SKIP", skip.join(","));
-    }
+    cmd.args(&args[i + 1..]).env("LD_PRELOAD", ld_preload(&so));
     for (k, v) in env {
         cmd.env(k, v);
     }
     let err = cmd.exec();
     Err(format!("cannot run {}: {err}", program.to_string_lossy()))
+}
+
+/// Exit status 0: valid; 1: invalid; 2: bad arguments.
+fn check(args: &[OsString]) -> ExitCode {
+    let json = args.iter().any(|a| a == "--json");
+    let r = shim_flags(args, &["--json"]).and_then(|(env, i)| match args.get(i) {
+        Some(a) => Err(format!("unexpected argument {:?}\n{USAGE}", a.to_string_lossy())),
+        None => Ok(env),
+    });
+    match r.and_then(|env| cli_check::check(&cli_check::parsed_from(&env), json)) {
+        Ok(true) => ExitCode::SUCCESS,
+        Ok(false) => ExitCode::from(1),
+        Err(e) => {
+            eprintln!("portrange: {e}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn plan(args: &[OsString]) -> Result<(), String> {
+    let mut ip = None;
+    let mut ports = None;
+    let mut servers = None;
+    let mut index = None;
+    let mut exclude = Vec::new();
+    let mut i = 0;
+    while i < args.len() {
+        let a = args[i].to_str().unwrap_or("");
+        let v =
+            args.get(i + 1).and_then(|v| v.to_str()).ok_or_else(|| format!("{a} needs a value\n{USAGE}"))?;
+        match a {
+            "--ip" => {
+                let p: std::net::IpAddr = v
+                    .trim_matches(|c| c == '[' || c == ']')
+                    .parse()
+                    .map_err(|_| format!("--ip {v}: not an IP address"))?;
+                ip = Some(p);
+            }
+            "--ports" => ports = Some(config::parse_port_range(v).map_err(|e| format!("--ports {v}: {e}"))?),
+            "--servers" => {
+                servers = Some(v.parse::<usize>().map_err(|_| format!("--servers {v}: not a number"))?)
+            }
+            "--index" => index = Some(v.parse::<usize>().map_err(|_| format!("--index {v}: not a number"))?),
+            "--exclude" => {
+                exclude.extend(cli_plan::parse_ports(v).map_err(|e| format!("--exclude {v}: {e}"))?)
+            }
+            _ => return Err(format!("unexpected argument {a:?}\n{USAGE}")),
+        }
+        i += 2;
+    }
+    let (Some(ip), Some((lo, hi)), Some(n)) = (ip, ports, servers) else {
+        return Err(format!("plan needs --ip, --ports and --servers\n{USAGE}"));
+    };
+    config::parse_slices(&cli_plan::portrange_value(ip, &[(lo, hi)]))
+        .map_err(|e| format!("--ip {ip}: {e}"))?;
+    let shares = cli_plan::split(lo, hi, &exclude, n)?;
+    match index {
+        Some(k) if k >= n => Err(format!("--index {k}: servers are numbered 0 to {}", n - 1)),
+        Some(k) => {
+            println!("{}", cli_plan::portrange_value(ip, &shares[k]));
+            Ok(())
+        }
+        None => {
+            println!("{:>6} {:>6}  PORTRANGE", "server", "ports");
+            for (k, r) in shares.iter().enumerate() {
+                let count: u32 = r.iter().map(|(a, b)| u32::from(*b) - u32::from(*a) + 1).sum();
+                println!("{k:>6} {count:>6}  {}", cli_plan::portrange_value(ip, r));
+            }
+            Ok(())
+        }
+    }
 }
 
 /// A listener that records the source address of every connection, as the peer saw it.

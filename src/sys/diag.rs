@@ -143,11 +143,9 @@ fn netlink(subject: c_int) -> Result<c_int, DiagError> {
         if NL_PID.load(Relaxed) == pid && (want_ns == 0 || NL_NETNS.load(Relaxed) == want_ns) {
             return Ok(fd);
         }
-        if NL_PID.load(Relaxed) == pid {
-            NL.close(); // ours, but for another namespace
-        } else {
-            NL.forget(); // the parent's copy after fork: leave it alone, it is closed on exec
-        }
+        // Another namespace, or the parent's socket inherited through fork: this process's copy
+        // is closed (the parent's own descriptor is not affected) and a new one opened.
+        NL.close();
     }
     // SAFETY: a plain socket() call.
     let fd = unsafe {

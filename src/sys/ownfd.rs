@@ -64,11 +64,6 @@ impl OwnFd {
         }
     }
 
-    /// Forget without closing (the parent's copy after fork: it closes on exec).
-    pub fn forget(&self) {
-        self.fd.store(-1, Relaxed);
-    }
-
     /// Close it if it is still ours.
     pub fn close(&self) {
         if let Some(fd) = self.get() {

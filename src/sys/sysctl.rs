@@ -1,45 +1,15 @@
 //! What the kernel of this network namespace offers: the ephemeral port range, tcp_tw_reuse,
 //! reserved ports, and whether IP_LOCAL_PORT_RANGE exists.
 
-use crate::real;
-
-/// IP_LOCAL_PORT_RANGE (Linux 6.3+), level IPPROTO_IP; not in the libc crate.
-pub const IP_LOCAL_PORT_RANGE: libc::c_int = 51;
+pub use crate::choice::IP_LOCAL_PORT_RANGE;
 
 fn read(path: &str) -> Option<String> {
     std::fs::read_to_string(path).ok()
 }
 
-/// `net.ipv4.ip_local_port_range` (also used for IPv6).
-pub fn local_port_range() -> Option<(u16, u16)> {
-    parse_range(&read("/proc/sys/net/ipv4/ip_local_port_range")?)
-}
-
-pub fn parse_range(s: &str) -> Option<(u16, u16)> {
-    let mut it = s.split_whitespace().map(|x| x.parse::<u16>());
-    match (it.next(), it.next()) {
-        (Some(Ok(lo)), Some(Ok(hi))) if lo <= hi => Some((lo, hi)),
-        _ => None,
-    }
-}
-
 /// `net.ipv4.tcp_tw_reuse` (0, 1, or 2 = loopback only).
 pub fn tcp_tw_reuse() -> Option<u8> {
     read("/proc/sys/net/ipv4/tcp_tw_reuse")?.trim().parse().ok()
-}
-
-/// Whether this kernel has IP_LOCAL_PORT_RANGE (probed on a throw-away socket).
-pub fn has_local_port_range() -> bool {
-    // SAFETY: plain socket/setsockopt/close on a socket we own.
-    unsafe {
-        let fd = libc::socket(libc::AF_INET, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0);
-        if fd < 0 {
-            return false;
-        }
-        let ok = crate::sys::addr::set_u32(fd, libc::IPPROTO_IP, IP_LOCAL_PORT_RANGE, 0).is_ok();
-        real::close(fd);
-        ok
-    }
 }
 
 /// The (hi << 16) | lo value of IP_LOCAL_PORT_RANGE.
@@ -52,15 +22,9 @@ mod tests {
     use super::*;
 
     #[test]
-    fn parses_and_probes() {
-        assert_eq!(parse_range("32768\t60999\n"), Some((32768, 60999)));
-        assert_eq!(parse_range("9 3"), None);
-        assert_eq!(parse_range("x"), None);
-        assert!(local_port_range().is_some());
-        assert!(tcp_tw_reuse().is_some());
+    fn range_value_and_tw_reuse() {
         assert_eq!(range_value(60000, 60009), (60009 << 16) | 60000);
-        // This project's machines run Linux 6.18.
-        assert!(has_local_port_range());
+        assert!(tcp_tw_reuse().is_some());
     }
 }
 
