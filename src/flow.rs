@@ -71,6 +71,12 @@ unsafe fn outgoing(fd: c_int, dst: SocketAddr, call: Call, mut attempt: impl FnM
     };
     let Some(sock) = Sock::of(fd) else {
         stats::bump(C::passed_through);
+        if call == Call::FirstSend {
+            // Not ours (raw, ICMP, SCTP...): later sends need not ask again.
+            if let Some(ino) = fdtable::ino(fd) {
+                fdtable::update(fd, ino, flag::SETTLED, 0);
+            }
+        }
         return pass(&mut attempt);
     };
     let Some(ino) = fdtable::ino(fd) else { return pass(&mut attempt) };

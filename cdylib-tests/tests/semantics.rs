@@ -1,14 +1,24 @@
 //! What the program sees through its fd: non-blocking connects, errors, errno on success; and
-//! the first promise for slices the kernel cannot honour.
+//! the first promise for slices the kernel cannot honour. Every test runs once per TCP strategy
+//! ([`tcp_strategies`]), each run with a fresh slice and fresh recorders.
 
 use cdylib_tests::*;
+use std::net::SocketAddr;
 
 const SLICE_IP: &str = "127.0.0.2";
 
+/// Assert the peer saw `peer` inside the slice `SLICE_IP:lo-hi`.
+#[track_caller]
+fn expect_in_slice(peer: SocketAddr, lo: u16, hi: u16, ctx: &str, out: &Output) {
+    assert!(
+        in_slice(peer, SLICE_IP, lo, hi),
+        "[{ctx}] peer saw {peer}, expected a source inside the slice {SLICE_IP}:{lo}-{hi}\n{}",
+        out.dump()
+    );
+}
+
 #[test]
 fn nonblocking_connect_is_placed() {
-    let rec = Recorder::http("127.0.0.1");
-    let (lo, hi) = slice_ports(10);
     let code = r#"
 import errno, fcntl, select, socket, sys
 port = int(sys.argv[1])
@@ -33,37 +43,37 @@ while True:
     data += b
 print("reply", data.split(b"\r\n")[0].decode())
 "#;
-    let out = Run::python(code).arg(rec.port().to_string()).slice(&slice_spec(SLICE_IP, lo, hi)).run();
-    out.assert_success();
-    assert_eq!(
-        out.expect_field("connect_ex"),
-        EINPROGRESS.to_string(),
-        "non-blocking connect must report EINPROGRESS\n{}",
-        out.dump()
-    );
-    assert_eq!(out.expect_field("writable"), "1", "{}", out.dump());
-    assert_eq!(out.expect_field("so_error"), "0", "{}", out.dump());
-    assert_eq!(out.expect_field("same_fd"), "1", "{}", out.dump());
-    assert_eq!(out.expect_field("nonblock"), "1", "O_NONBLOCK lost\n{}", out.dump());
-    assert_eq!(out.expect_field("cloexec"), "1", "FD_CLOEXEC lost\n{}", out.dump());
-    assert_eq!(out.expect_field("reply"), "HTTP/1.1 200 OK", "{}", out.dump());
-    let peers = rec.wait_for(1, PEER_WAIT);
-    assert_eq!(peers.len(), 1, "{}", out.dump());
-    assert_in_slice(peers[0], SLICE_IP, lo, hi);
+    for strategy in tcp_strategies() {
+        let rec = Recorder::http("127.0.0.1");
+        let (lo, hi) = slice_ports(10);
+        let out = Run::python(code)
+            .arg(rec.port().to_string())
+            .slice(&slice_spec(SLICE_IP, lo, hi))
+            .env("PORTRANGE_STRATEGY", strategy)
+            .run();
+        out.assert_success();
+        assert_eq!(
+            out.expect_field("connect_ex"),
+            EINPROGRESS.to_string(),
+            "[{strategy}] non-blocking connect must report EINPROGRESS\n{}",
+            out.dump()
+        );
+        assert_eq!(out.expect_field("writable"), "1", "[{strategy}]\n{}", out.dump());
+        assert_eq!(out.expect_field("so_error"), "0", "[{strategy}]\n{}", out.dump());
+        assert_eq!(out.expect_field("same_fd"), "1", "[{strategy}]\n{}", out.dump());
+        assert_eq!(out.expect_field("nonblock"), "1", "[{strategy}] O_NONBLOCK lost\n{}", out.dump());
+        assert_eq!(out.expect_field("cloexec"), "1", "[{strategy}] FD_CLOEXEC lost\n{}", out.dump());
+        assert_eq!(out.expect_field("reply"), "HTTP/1.1 200 OK", "[{strategy}]\n{}", out.dump());
+        let peers = rec.wait_for(1, PEER_WAIT);
+        assert_eq!(peers.len(), 1, "[{strategy}]\n{}", out.dump());
+        expect_in_slice(peers[0], lo, hi, strategy, &out);
+    }
 }
 
 /// A connect to a closed port fails exactly as without the shim (blocking: ECONNREFUSED;
 /// non-blocking: EINPROGRESS then SO_ERROR ECONNREFUSED).
 #[test]
 fn connection_refused_is_unchanged() {
-    // A listen-pool port that is free (the allocator hands it to nobody else).
-    let closed = {
-        let l = bind_listener(LOCALHOST_V4);
-        let p = l.local_addr().unwrap().port();
-        drop(l);
-        p
-    };
-    let (lo, hi) = slice_ports(10);
     let code = r#"
 import select, socket, sys
 port = int(sys.argv[1])
@@ -75,27 +85,39 @@ print("nonblocking", s.connect_ex(("127.0.0.1", port)))
 select.select([], [s], [], 10)
 print("so_error", s.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR))
 "#;
-    let base = Run::python(code).arg(closed.to_string()).no_preload().run();
-    base.assert_success();
-    let out = Run::python(code).arg(closed.to_string()).slice(&slice_spec(SLICE_IP, lo, hi)).run();
-    out.assert_success();
-    assert_eq!(base.expect_field("blocking"), ECONNREFUSED.to_string(), "baseline\n{}", base.dump());
-    assert_eq!(out.expect_field("blocking"), ECONNREFUSED.to_string(), "{}", out.dump());
-    assert_eq!(
-        out.expect_field("nonblocking"),
-        base.expect_field("nonblocking"),
-        "{}\n{}",
-        out.dump(),
-        base.dump()
-    );
-    assert_eq!(out.expect_field("so_error"), ECONNREFUSED.to_string(), "{}", out.dump());
+    for strategy in tcp_strategies() {
+        // A listen-pool port that is free (the allocator hands it to nobody else).
+        let closed = {
+            let l = bind_listener(LOCALHOST_V4);
+            let p = l.local_addr().unwrap().port();
+            drop(l);
+            p
+        };
+        let (lo, hi) = slice_ports(10);
+        let base = Run::python(code).arg(closed.to_string()).no_preload().run();
+        base.assert_success();
+        let out = Run::python(code)
+            .arg(closed.to_string())
+            .slice(&slice_spec(SLICE_IP, lo, hi))
+            .env("PORTRANGE_STRATEGY", strategy)
+            .run();
+        out.assert_success();
+        assert_eq!(base.expect_field("blocking"), ECONNREFUSED.to_string(), "baseline\n{}", base.dump());
+        assert_eq!(out.expect_field("blocking"), ECONNREFUSED.to_string(), "[{strategy}]\n{}", out.dump());
+        assert_eq!(
+            out.expect_field("nonblocking"),
+            base.expect_field("nonblocking"),
+            "[{strategy}]\n{}\n{}",
+            out.dump(),
+            base.dump()
+        );
+        assert_eq!(out.expect_field("so_error"), ECONNREFUSED.to_string(), "[{strategy}]\n{}", out.dump());
+    }
 }
 
 /// errno is left untouched by a successful connect (checked through ctypes).
 #[test]
 fn errno_unchanged_on_success() {
-    let rec = Recorder::hold("127.0.0.1");
-    let (lo, hi) = slice_ports(10);
     let code = r#"
 import ctypes, socket, struct, sys
 port = int(sys.argv[1])
@@ -109,27 +131,50 @@ e = ctypes.get_errno()
 print("ret", r)
 print("errno", e)
 "#;
-    let out = Run::python(code).arg(rec.port().to_string()).slice(&slice_spec(SLICE_IP, lo, hi)).run();
-    out.assert_success();
-    assert_eq!(out.expect_field("ret"), "0", "{}", out.dump());
-    assert_eq!(out.expect_field("errno"), "4242", "errno changed by a successful connect\n{}", out.dump());
-    let peers = rec.wait_for(1, PEER_WAIT);
-    assert_eq!(peers.len(), 1);
-    assert_in_slice(peers[0], SLICE_IP, lo, hi);
+    for strategy in tcp_strategies() {
+        let rec = Recorder::hold("127.0.0.1");
+        let (lo, hi) = slice_ports(10);
+        let out = Run::python(code)
+            .arg(rec.port().to_string())
+            .slice(&slice_spec(SLICE_IP, lo, hi))
+            .env("PORTRANGE_STRATEGY", strategy)
+            .run();
+        out.assert_success();
+        assert_eq!(out.expect_field("ret"), "0", "[{strategy}]\n{}", out.dump());
+        assert_eq!(
+            out.expect_field("errno"),
+            "4242",
+            "[{strategy}] errno changed by a successful connect\n{}",
+            out.dump()
+        );
+        let peers = rec.wait_for(1, PEER_WAIT);
+        assert_eq!(peers.len(), 1, "[{strategy}]\n{}", out.dump());
+        expect_in_slice(peers[0], lo, hi, strategy, &out);
+    }
 }
 
 /// A slice outside net.ipv4.ip_local_port_range: the kernel would silently clamp it. Whatever
-/// the phase (error now, retry strategy later), a flow must never reach the peer from outside
-/// the slice. Checked under `auto` and `kernel` (for which such a slice is a config error).
+/// the strategy, a flow must never reach the peer from outside the slice. Checked under `auto`
+/// and every TCP strategy ([`tcp_strategies`]): for `kernel` such a slice is a configuration
+/// error (every in-scope connect fails with EPERM, nothing reaches the peer); `retry` binds its
+/// ports explicitly, which the sysctl does not limit, so every connect succeeds from the slice.
 #[test]
 fn slice_outside_sysctl_range_never_escapes() {
     let (_, sys_hi) = local_port_range();
-    let (lo, hi) = high_slice_ports(10);
-    if lo <= sys_hi {
-        println!("SKIP: net.ipv4.ip_local_port_range reaches {sys_hi}; no room above it for a slice");
-        return;
+    let mut strategies = vec!["auto"];
+    for s in tcp_strategies() {
+        if !strategies.contains(&s) {
+            strategies.push(s);
+        }
     }
-    for strategy in ["auto", "kernel"] {
+    for strategy in strategies {
+        let (lo, hi) = high_slice_ports(10);
+        if lo <= sys_hi {
+            println!(
+                "SKIP [{strategy}]: net.ipv4.ip_local_port_range reaches {sys_hi}; no room above it for a slice"
+            );
+            continue;
+        }
         let recs = [Recorder::hold("127.0.0.1"), Recorder::hold("127.0.0.3")];
         let (p1, p3) = (recs[0].port().to_string(), recs[1].port().to_string());
         let args = ["tcp", "127.0.0.1", &p1, "tcp", "127.0.0.1", &p1, "tcp", "127.0.0.3", &p3];
@@ -137,7 +182,7 @@ fn slice_outside_sysctl_range_never_escapes() {
             py_connect(&args).slice(&slice_spec(SLICE_IP, lo, hi)).env("PORTRANGE_STRATEGY", strategy).run();
         out.assert_success();
         let results = out.connects();
-        assert_eq!(results.len(), 3, "{}", out.dump());
+        assert_eq!(results.len(), 3, "[{strategy}]\n{}", out.dump());
         let ok = results.iter().filter(|r| r.result.is_ok()).count();
         for r in &results {
             match r.result {
@@ -148,10 +193,32 @@ fn slice_outside_sysctl_range_never_escapes() {
                     out.dump()
                 ),
                 Err(e) => {
-                    assert!(e > 0, "{}", out.dump());
+                    assert!(e > 0, "[{strategy}]\n{}", out.dump());
                     println!("[{strategy}] connect to {} failed with errno {e} (allowed for a slice outside the sysctl range)", r.dst);
                 }
             }
+        }
+        match strategy {
+            "kernel" => {
+                for r in &results {
+                    assert_eq!(
+                        r.result,
+                        Err(EPERM),
+                        "[{strategy}] a slice outside the sysctl range is a configuration error for the \
+                         kernel strategy: the connect to {} must fail with EPERM ({EPERM})\n{}",
+                        r.dst,
+                        out.dump()
+                    );
+                }
+            }
+            "retry" => assert_eq!(
+                ok,
+                results.len(),
+                "[{strategy}] the retry strategy binds slice ports explicitly (the sysctl does not \
+                 limit that): every connect must succeed\n{}",
+                out.dump()
+            ),
+            _ => {}
         }
         let mut seen = 0;
         for rec in &recs {
@@ -186,8 +253,6 @@ fn slice_outside_sysctl_range_never_escapes() {
 /// registers its upstream socket with EPOLLOUT|EPOLLET before connecting).
 #[test]
 fn options_and_epoll_survive_connect() {
-    let rec = Recorder::hold("127.0.0.1");
-    let (lo, hi) = slice_ports(10);
     let code = r#"
 import select, socket, sys
 s = socket.socket()
@@ -206,38 +271,43 @@ print("reuseaddr", s.getsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR))
 print("bind_address_no_port", s.getsockopt(socket.IPPROTO_IP, 24))
 print("local_port_range", s.getsockopt(socket.IPPROTO_IP, 51))
 "#;
-    let out = Run::python(code).arg(rec.port().to_string()).slice(&slice_spec(SLICE_IP, lo, hi)).run();
-    out.assert_success();
-    for (key, want) in [
-        ("connect_ex", EINPROGRESS.to_string().as_str()),
-        ("epoll_out", "1"),
-        ("so_error", "0"),
-        ("nodelay", "1"),
-        ("keepalive", "1"),
-        ("reuseaddr", "0"),
-        ("bind_address_no_port", "0"),
-        ("local_port_range", "0"),
-    ] {
-        assert_eq!(out.expect_field(key), want, "{key}\n{}", out.dump());
+    for strategy in tcp_strategies() {
+        let rec = Recorder::hold("127.0.0.1");
+        let (lo, hi) = slice_ports(10);
+        let out = Run::python(code)
+            .arg(rec.port().to_string())
+            .slice(&slice_spec(SLICE_IP, lo, hi))
+            .env("PORTRANGE_STRATEGY", strategy)
+            .run();
+        out.assert_success();
+        for (key, want) in [
+            ("connect_ex", EINPROGRESS.to_string().as_str()),
+            ("epoll_out", "1"),
+            ("so_error", "0"),
+            ("nodelay", "1"),
+            ("keepalive", "1"),
+            ("reuseaddr", "0"),
+            ("bind_address_no_port", "0"),
+            ("local_port_range", "0"),
+        ] {
+            assert_eq!(out.expect_field(key), want, "[{strategy}] {key}\n{}", out.dump());
+        }
+        let peers = rec.wait_for(1, PEER_WAIT);
+        assert_eq!(peers.len(), 1, "[{strategy}]\n{}", out.dump());
+        expect_in_slice(peers[0], lo, hi, strategy, &out);
     }
-    let peers = rec.wait_for(1, PEER_WAIT);
-    assert_eq!(peers.len(), 1, "{}", out.dump());
-    assert_in_slice(peers[0], SLICE_IP, lo, hi);
 }
 
 /// The sysctl may change after the program started (the kernel then silently clamps the
 /// per-socket range): in a private network namespace the program narrows
 /// net.ipv4.ip_local_port_range to exclude the slice, then connects. Each connect must fail or
 /// be in the slice, and a connection the kernel made from outside the slice must be torn down
-/// at once (the peer may see its handshake, never a flow that continues).
+/// at once (the peer may see its handshake, never a flow that continues). Once per TCP strategy,
+/// each in a namespace of its own (the program's sysctl change must not leak into the next run).
 #[test]
 fn sysctl_change_after_start_never_escapes() {
     require!("ip");
-    in_private_netns(|| {
-        sh(&["ip", "link", "set", "lo", "up"]);
-        let rec = Recorder::bytes("127.0.0.1");
-        let (lo, hi) = slice_ports(10);
-        let code = r#"
+    let code = r#"
 import socket, sys, time
 open("/proc/sys/net/ipv4/ip_local_port_range", "w").write("61000 61100")
 held = []
@@ -252,34 +322,58 @@ for i in range(3):
         print("RESULT tcp 127.0.0.1 %s err %d" % (sys.argv[1], e.errno), flush=True)
 time.sleep(3)
 "#;
-        let start = std::time::Instant::now();
-        let out = Run::python(code).arg(rec.port().to_string()).slice(&slice_spec(SLICE_IP, lo, hi)).run();
-        out.assert_success();
-        for r in out.connects() {
-            if let Ok(local) = r.result {
-                assert!(in_slice(local, SLICE_IP, lo, hi), "connect succeeded from {local}\n{}", out.dump());
+    for strategy in tcp_strategies() {
+        in_private_netns(move || {
+            sh(&["ip", "link", "set", "lo", "up"]);
+            let rec = Recorder::bytes("127.0.0.1");
+            let (lo, hi) = slice_ports(10);
+            let start = std::time::Instant::now();
+            let out = Run::python(code)
+                .arg(rec.port().to_string())
+                .slice(&slice_spec(SLICE_IP, lo, hi))
+                .env("PORTRANGE_STRATEGY", strategy)
+                .run();
+            out.assert_success();
+            for r in out.connects() {
+                if let Ok(local) = r.result {
+                    assert!(
+                        in_slice(local, SLICE_IP, lo, hi),
+                        "[{strategy}] connect succeeded from {local}\n{}",
+                        out.dump()
+                    );
+                }
             }
-        }
-        let ok = out.connects().iter().filter(|r| r.result.is_ok()).count();
-        if ok < 3 {
-            assert!(!out.portrange_lines().is_empty(), "connects failed without a log line\n{}", out.dump());
-        }
-        assert!(rec.wait_finished(rec.peers().len(), PEER_WAIT));
-        for c in rec.connections() {
-            if in_slice(c.peer, SLICE_IP, lo, hi) {
-                continue;
+            let ok = out.connects().iter().filter(|r| r.result.is_ok()).count();
+            if ok < 3 {
+                assert!(
+                    !out.portrange_lines().is_empty(),
+                    "[{strategy}] connects failed without a log line\n{}",
+                    out.dump()
+                );
             }
-            let ended = c.ended.expect("ended");
-            // The program holds its sockets for 3 s: a wrong-port connection must end long
-            // before that.
             assert!(
-                ended.duration_since(c.accepted) < std::time::Duration::from_millis(1500),
-                "a connection from {} (outside the slice {SLICE_IP}:{lo}-{hi}) stayed open for {:?} (program ran {:?})\n{}",
-                c.peer,
-                ended.duration_since(c.accepted),
-                start.elapsed(),
+                rec.wait_finished(rec.peers().len(), PEER_WAIT),
+                "[{strategy}] connections the peer accepted did not end\n{}",
                 out.dump()
             );
-        }
-    });
+            for c in rec.connections() {
+                if in_slice(c.peer, SLICE_IP, lo, hi) {
+                    continue;
+                }
+                let ended = c.ended.unwrap_or_else(|| {
+                    panic!("[{strategy}] the connection from {} did not end\n{}", c.peer, out.dump())
+                });
+                // The program holds its sockets for 3 s: a wrong-port connection must end long
+                // before that.
+                assert!(
+                    ended.duration_since(c.accepted) < std::time::Duration::from_millis(1500),
+                    "[{strategy}] a connection from {} (outside the slice {SLICE_IP}:{lo}-{hi}) stayed open for {:?} (program ran {:?})\n{}",
+                    c.peer,
+                    ended.duration_since(c.accepted),
+                    start.elapsed(),
+                    out.dump()
+                );
+            }
+        });
+    }
 }
