@@ -356,6 +356,36 @@ time.sleep(3)
                 "[{strategy}] connections the peer accepted did not end\n{}",
                 out.dump()
             );
+            // Every successful connect reached the peer from the address the program sees, and
+            // only those reached it from inside the slice.
+            let peers = rec.peers();
+            for r in out.connects() {
+                if let Ok(local) = r.result {
+                    assert!(
+                        peers.contains(&local),
+                        "[{strategy}] the program's {local} is not among the peers {peers:?}\n{}",
+                        out.dump()
+                    );
+                }
+            }
+            let placed = peers.iter().filter(|p| in_slice(**p, SLICE_IP, lo, hi)).count();
+            assert_eq!(
+                placed,
+                ok,
+                "[{strategy}] the program reported {ok} successful connects, the peer saw {placed} from \
+                 the slice: {peers:?}\n{}",
+                out.dump()
+            );
+            if strategy == "retry" {
+                // The retry strategy binds slice ports explicitly: the kernel never picks a port.
+                for p in &peers {
+                    assert!(
+                        in_slice(*p, SLICE_IP, lo, hi),
+                        "[{strategy}] the peer saw {p}, outside the slice {SLICE_IP}:{lo}-{hi}\n{}",
+                        out.dump()
+                    );
+                }
+            }
             for c in rec.connections() {
                 if in_slice(c.peer, SLICE_IP, lo, hi) {
                     continue;
