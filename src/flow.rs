@@ -91,6 +91,22 @@ unsafe fn outgoing(fd: c_int, dst: SocketAddr, call: Call, mut attempt: impl FnM
     }
     let not_programs = flags & (flag::SHIM_BOUND | flag::WILDCARD_PORT) != 0;
     match scope::decide(&active.cfg, sock.local, not_programs, dst, call) {
+        // A UDP connect to port 0 or to 0.0.0.0 would bind the socket outside the slice (its later
+        // sends would leave from there): it gets a port of its own first, as a first send would.
+        Decision::Leave(Leave::BadDestination) if sock.proto == Proto::Udp && sock.local.port() == 0 => {
+            match scope::decide(&active.cfg, sock.local, not_programs, dst, Call::FirstSend) {
+                Decision::Place { v6, pinned } => {
+                    place_udp(active, fd, ino, &sock, v6, pinned, dst, Call::FirstSend, e0, attempt)
+                }
+                Decision::Leave(why) => {
+                    leave(why, &sock, dst);
+                    if flags & flag::DEFERRED_BIND != 0 {
+                        materialize(fd, ino, sock.family);
+                    }
+                    pass(&mut attempt)
+                }
+            }
+        }
         Decision::Leave(why) => {
             leave(why, &sock, dst);
             if call == Call::FirstSend {

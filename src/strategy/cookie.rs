@@ -31,6 +31,9 @@ pub fn place<'a>(
     reserved: &Reserved,
     mut attempt: impl FnMut(c_int) -> isize,
 ) -> Placed {
+    // SO_REUSEPORT would defeat the lock (another SO_REUSEPORT socket of this user could bind the
+    // port while we check): off during the check, the program's value back after the connect.
+    let reuseport = addr::get_int(target.fd, libc::SOL_SOCKET, libc::SO_REUSEPORT) == Some(1);
     let mut not_local = None;
     'slices: for slice in slices {
         for i in Permutation::new(slice.size()) {
@@ -42,6 +45,11 @@ pub fn place<'a>(
             let s = target.cur;
             if let Err(e) = addr::set_u32(s, libc::SOL_SOCKET, libc::SO_REUSEADDR, 1) {
                 return Placed::Setup(e);
+            }
+            if reuseport {
+                if let Err(e) = addr::set_u32(s, libc::SOL_SOCKET, libc::SO_REUSEPORT, 0) {
+                    return Placed::Setup(e);
+                }
             }
             match addr::bind(s, local, target.family) {
                 Ok(()) => {}
@@ -85,6 +93,9 @@ pub fn place<'a>(
             }
             let (ret, e) = outcome(attempt(s));
             let _ = addr::set_u32(s, libc::SOL_SOCKET, libc::SO_REUSEADDR, 1);
+            if reuseport {
+                let _ = addr::set_u32(s, libc::SOL_SOCKET, libc::SO_REUSEPORT, 1);
+            }
             if let Err(p) = target.commit() {
                 return p;
             }
@@ -152,6 +163,25 @@ mod tests {
         }
         for fd in held {
             unsafe { libc::close(fd) };
+        }
+    }
+
+    #[test]
+    fn so_reuseport_does_not_defeat_the_check() {
+        // An owner with SO_REUSEPORT, and connecting sockets with SO_REUSEPORT: never its port.
+        let server = UdpSocket::bind("127.0.0.1:0").unwrap();
+        let dst = server.local_addr().unwrap();
+        let slice = Slice { ip: "127.0.0.2".parse().unwrap(), lo: 59966, hi: 59966 };
+        let owner = udp(libc::AF_INET);
+        addr::set_u32(owner, libc::SOL_SOCKET, libc::SO_REUSEPORT, 1).unwrap();
+        crate::strategy::exclusive::bind_free(owner, libc::AF_INET, [slice].iter(), &Reserved::none())
+            .unwrap();
+        let c = udp(libc::AF_INET);
+        addr::set_u32(c, libc::SOL_SOCKET, libc::SO_REUSEPORT, 1).unwrap();
+        assert_eq!(place_one(c, libc::AF_INET, slice, dst), Placed::Exhausted);
+        unsafe {
+            libc::close(owner);
+            libc::close(c);
         }
     }
 

@@ -21,6 +21,25 @@ pub fn bind_free<'a>(
     reserved: &Reserved,
 ) -> Result<(Slice, SocketAddr), c_int> {
     addr::set_u32(fd, libc::SOL_SOCKET, libc::SO_REUSEADDR, 0)?;
+    // SO_REUSEPORT (dig sets it) would let another such socket of this user bind the same port:
+    // off while binding, so the port is really owned; the program's value is put back after.
+    let reuseport = addr::get_int(fd, libc::SOL_SOCKET, libc::SO_REUSEPORT) == Some(1);
+    if reuseport {
+        addr::set_u32(fd, libc::SOL_SOCKET, libc::SO_REUSEPORT, 0)?;
+    }
+    let r = bind_loop(fd, family, slices, reserved);
+    if reuseport {
+        let _ = addr::set_u32(fd, libc::SOL_SOCKET, libc::SO_REUSEPORT, 1);
+    }
+    r
+}
+
+fn bind_loop<'a>(
+    fd: c_int,
+    family: c_int,
+    slices: impl Iterator<Item = &'a Slice>,
+    reserved: &Reserved,
+) -> Result<(Slice, SocketAddr), c_int> {
     for slice in slices {
         for i in Permutation::new(slice.size()) {
             let port = slice.lo + i as u16;
@@ -50,6 +69,21 @@ mod tests {
     }
 
     // Ports 59910-59919 belong to this unit test.
+    #[test]
+    fn so_reuseport_does_not_share_an_owned_port() {
+        let slice = Slice { ip: "127.0.0.2".parse().unwrap(), lo: 59915, hi: 59915 };
+        let none = Reserved::none();
+        let a = sock(libc::SOCK_DGRAM);
+        let b = sock(libc::SOCK_DGRAM);
+        for s in [&a, &b] {
+            addr::set_u32(s.as_raw_fd(), libc::SOL_SOCKET, libc::SO_REUSEPORT, 1).unwrap();
+        }
+        bind_free(a.as_raw_fd(), libc::AF_INET6, [slice].iter(), &none).unwrap();
+        assert_eq!(bind_free(b.as_raw_fd(), libc::AF_INET6, [slice].iter(), &none), Err(libc::EADDRINUSE));
+        // The program's own value is back.
+        assert_eq!(addr::get_int(a.as_raw_fd(), libc::SOL_SOCKET, libc::SO_REUSEPORT), Some(1));
+    }
+
     #[test]
     fn owns_every_port_once_then_refuses() {
         let slice = Slice { ip: "127.0.0.2".parse().unwrap(), lo: 59910, hi: 59914 };
