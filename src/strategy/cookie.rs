@@ -9,7 +9,7 @@
 //! 4. connect only if that socket is ours; then SO_REUSEADDR=1 again, so the port keeps serving
 //!    other destinations. Otherwise the port is taken for that peer: next port, fresh socket.
 
-use super::{order::Permutation, outcome, Placed, Target};
+use super::{order::Permutation, outcome, Bind, Placed, Target};
 use crate::config::Slice;
 use crate::stats::{self, C};
 use crate::sys::sysctl::Reserved;
@@ -42,35 +42,21 @@ pub fn place<'a>(
                 continue;
             }
             let local = SocketAddr::new(slice.ip, port);
-            let s = target.cur;
-            if let Err(e) = addr::set_u32(s, libc::SOL_SOCKET, libc::SO_REUSEADDR, 1) {
-                return Placed::Setup(e);
-            }
             if reuseport {
-                if let Err(e) = addr::set_u32(s, libc::SOL_SOCKET, libc::SO_REUSEPORT, 0) {
+                if let Err(e) = addr::set_u32(target.cur, libc::SOL_SOCKET, libc::SO_REUSEPORT, 0) {
                     return Placed::Setup(e);
                 }
             }
-            match addr::bind(s, local, target.family) {
-                Ok(()) => {}
-                Err(libc::EADDRINUSE) => {
-                    // An owner without SO_REUSEADDR (an unconnected socket owns its port), or a
-                    // socket in the middle of its own check.
-                    stats::bump(C::conflicts);
-                    continue;
-                }
-                Err(libc::EADDRNOTAVAIL) => {
+            match target.bind_shared(local) {
+                Bind::Bound => {}
+                Bind::Taken => continue,
+                Bind::NotLocal => {
                     not_local = Some(slice.ip);
                     continue 'slices;
                 }
-                Err(libc::EINVAL) if target.is_own() => {
-                    if let Err(p) = target.fresh() {
-                        return p;
-                    }
-                    continue;
-                }
-                Err(e) => return Placed::Setup(e),
+                Bind::Stop(p) => return p,
             }
+            let s = target.cur;
             stats::bump(C::attempts);
             let ours = diag::cookie(s);
             if let Err(e) = addr::set_u32(s, libc::SOL_SOCKET, libc::SO_REUSEADDR, 0) {

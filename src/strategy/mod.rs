@@ -112,6 +112,43 @@ impl Drop for Target {
     }
 }
 
+/// What a shared bind of a candidate port came to.
+pub enum Bind {
+    /// The current socket holds the port (with SO_REUSEADDR=1).
+    Bound,
+    /// Taken by a socket that does not share it: try the next port.
+    Taken,
+    /// The slice IP is not on this host: skip the slice.
+    NotLocal,
+    /// Give up with this outcome.
+    Stop(Placed),
+}
+
+impl Target {
+    /// SO_REUSEADDR=1 and bind(`local`) on the current socket. A program's socket that already
+    /// holds a port is left for a fresh one (the port is then tried again later, if at all).
+    pub fn bind_shared(&mut self, local: SocketAddr) -> Bind {
+        if let Err(e) = crate::sys::addr::set_u32(self.cur, libc::SOL_SOCKET, libc::SO_REUSEADDR, 1) {
+            return Bind::Stop(Placed::Setup(e));
+        }
+        match crate::sys::addr::bind(self.cur, local, self.family) {
+            Ok(()) => Bind::Bound,
+            Err(libc::EADDRINUSE) => {
+                // A holder without SO_REUSEADDR: a listener, an owned or autobound port, or a UDP
+                // socket in the middle of its own check.
+                crate::stats::bump(crate::stats::C::conflicts);
+                Bind::Taken
+            }
+            Err(libc::EADDRNOTAVAIL) => Bind::NotLocal,
+            Err(libc::EINVAL) if self.is_own() => match self.fresh() {
+                Ok(()) => Bind::Taken,
+                Err(p) => Bind::Stop(p),
+            },
+            Err(e) => Bind::Stop(Placed::Setup(e)),
+        }
+    }
+}
+
 /// `(ret, errno)` of an attempt: errno only when it failed.
 pub fn outcome(ret: isize) -> (isize, c_int) {
     (ret, if ret >= 0 { 0 } else { crate::errno::get() })

@@ -8,11 +8,11 @@
 //! before anything is bound, so the program's own socket usually wins the first real attempt
 //! and a swap (fresh socket into the program's fd) is needed only after a lost race.
 
-use super::{order::Permutation, outcome, Placed, Target};
+use super::{order::Permutation, outcome, Bind, Placed, Target};
 use crate::config::Slice;
 use crate::stats::{self, C};
 use crate::sys::sysctl::Reserved;
-use crate::sys::{addr, diag};
+use crate::sys::diag;
 use libc::c_int;
 use std::net::SocketAddr;
 
@@ -50,28 +50,14 @@ impl Retry<'_> {
                         }
                     }
                 }
-                if let Err(e) = addr::set_u32(target.cur, libc::SOL_SOCKET, libc::SO_REUSEADDR, 1) {
-                    return Placed::Setup(e);
-                }
-                match addr::bind(target.cur, local, target.family) {
-                    Ok(()) => {}
-                    Err(libc::EADDRINUSE) => {
-                        // A holder without SO_REUSEADDR (a listener, an owned or autobound port).
-                        stats::bump(C::conflicts);
-                        continue;
-                    }
-                    Err(libc::EADDRNOTAVAIL) => {
+                match target.bind_shared(local) {
+                    Bind::Bound => {}
+                    Bind::Taken => continue,
+                    Bind::NotLocal => {
                         not_local = Some(slice.ip);
                         continue 'slices;
                     }
-                    Err(libc::EINVAL) if target.is_own() => {
-                        // The program's socket already holds a port: go on with fresh ones.
-                        if let Err(p) = target.fresh() {
-                            return p;
-                        }
-                        continue;
-                    }
-                    Err(e) => return Placed::Setup(e),
+                    Bind::Stop(p) => return p,
                 }
                 stats::bump(C::attempts);
                 let (ret, e) = outcome(attempt(target.cur));
@@ -104,6 +90,7 @@ impl Retry<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::sys::addr;
     use crate::fdtable;
     use std::net::TcpListener;
 
