@@ -58,6 +58,9 @@ pub mod flag {
     pub const WILDCARD_PORT: u64 = 1 << 11;
     /// The send path has decided about this socket (placed, or left alone for good).
     pub const SETTLED: u64 = 1 << 12;
+    /// A UDP socket connected through the cookie check: its port is shared with other peers'
+    /// sockets, so a connect to another peer must be checked again (on a fresh socket).
+    pub const SHARED_PORT: u64 = 1 << 13;
 }
 
 fn slot(fd: c_int, create: bool) -> Option<&'static Entry> {

@@ -82,7 +82,18 @@ unsafe fn outgoing(fd: c_int, dst: SocketAddr, call: Call, mut attempt: impl FnM
     let Some(ino) = fdtable::ino(fd) else { return pass(&mut attempt) };
     let flags = fdtable::flags(fd, ino);
     if flags & flag::PLACED != 0 {
-        return pass(&mut attempt);
+        // A UDP socket may connect again, to another peer, without disconnecting first. On a
+        // shared port that new 4-tuple was never checked: it is placed afresh, on a fresh socket.
+        // (An owned port is nobody else's; a TCP socket connects once.)
+        let recheck = call == Call::Connect
+            && sock.proto == Proto::Udp
+            && flags & flag::SHARED_PORT != 0
+            && addr::peer(fd).is_none_or(|p| addr::canonical(p) != addr::canonical(dst));
+        if !recheck {
+            return pass(&mut attempt);
+        }
+        let v6 = crate::config::canonical(dst.ip()).is_ipv6();
+        return place_udp(active, fd, ino, &sock, v6, None, dst, call, e0, attempt);
     }
     if call == Call::FirstSend && sock.proto == Proto::Tcp {
         // sendto() with an address on a TCP socket: the address is ignored (no Fast Open flag).
@@ -230,7 +241,15 @@ fn place_udp(
         Err(p) => return finish_placement(p, C::placed_udp, fd, dst, e0, libc::EAGAIN),
     };
     let r = match call {
-        Call::Connect => cookie::place(target, candidates, dst, &active.reserved, &mut attempt),
+        Call::Connect => {
+            let r = cookie::place(target, candidates, dst, &active.reserved, &mut attempt);
+            if matches!(r, Placed::Ok { .. }) {
+                if let Some(ino) = fdtable::ino(fd) {
+                    fdtable::update(fd, ino, flag::SHARED_PORT, 0);
+                }
+            }
+            r
+        }
         Call::FirstSend => {
             match exclusive::bind_free(target.cur, sock.family, candidates, &active.reserved) {
                 Ok((slice, local)) => match target.commit() {
@@ -337,7 +356,12 @@ fn disconnected(fd: c_int) {
                 Ok(new) => {
                     if crate::sys::swap::install(new, fd).is_ok() {
                         let ino = fdtable::ino(fd).unwrap_or(0);
-                        fdtable::update(fd, ino, 0, flag::PLACED | flag::SETTLED | flag::SHIM_BOUND);
+                        fdtable::update(
+                            fd,
+                            ino,
+                            0,
+                            flag::PLACED | flag::SETTLED | flag::SHIM_BOUND | flag::SHARED_PORT,
+                        );
                         stats::bump(C::swaps);
                     } else {
                         // SAFETY: our fresh socket.

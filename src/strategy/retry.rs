@@ -11,8 +11,8 @@
 use super::{order::Permutation, outcome, Bind, Placed, Target};
 use crate::config::Slice;
 use crate::stats::{self, C};
-use crate::sys::sysctl::Reserved;
 use crate::sys::diag;
+use crate::sys::sysctl::Reserved;
 use libc::c_int;
 use std::net::SocketAddr;
 
@@ -90,8 +90,8 @@ impl Retry<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::sys::addr;
     use crate::fdtable;
+    use crate::sys::addr;
     use std::net::TcpListener;
 
     fn connect_fn(dst: SocketAddr, family: c_int) -> impl FnMut(c_int) -> isize {

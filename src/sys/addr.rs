@@ -108,6 +108,19 @@ pub fn local(fd: c_int) -> Option<(c_int, SocketAddr)> {
     }
 }
 
+/// The peer of a connected socket.
+pub fn peer(fd: c_int) -> Option<SocketAddr> {
+    // SAFETY: as in `local`.
+    unsafe {
+        let mut st: sockaddr_storage = zeroed();
+        let mut len = size_of::<sockaddr_storage>() as socklen_t;
+        if libc::getpeername(fd, &mut st as *mut _ as *mut sockaddr, &mut len) != 0 {
+            return None;
+        }
+        parse(&st as *const _ as *const sockaddr, len)
+    }
+}
+
 /// An integer socket option.
 pub fn get_int(fd: c_int, level: c_int, name: c_int) -> Option<c_int> {
     let mut v: c_int = 0;
