@@ -10,6 +10,7 @@
 //! slices above it, [`listen_port`] for listeners (below the ephemeral range, so neither the
 //! kernel's automatic port choice nor a slice ever lands on a listener's port).
 
+use std::collections::BTreeSet;
 use std::ffi::{OsStr, OsString};
 use std::fs::{File, OpenOptions};
 use std::io::{ErrorKind, Read, Seek, SeekFrom, Write};
@@ -211,6 +212,13 @@ pub fn bind_listener(ip: IpAddr) -> TcpListener {
         }
     }
     panic!("no free listen port on {ip}: {last:?}")
+}
+
+/// A listen-pool port that is free on 127.0.0.1 right now (bound once, then released), for a
+/// program to listen on or for a connect that must be refused. The allocator hands it to nobody
+/// else.
+pub fn free_listen_port() -> u16 {
+    bind_listener(LOCALHOST_V4).local_addr().expect("local_addr").port()
 }
 
 /// `net.ipv4.ip_local_port_range` of the caller's network namespace.
@@ -507,6 +515,135 @@ pub fn assert_not_in_slice(peer: SocketAddr, ip: &str, lo: u16, hi: u16) {
     );
 }
 
+/// The slice IP most tests use (any 127/8 address is local, so it needs no set-up).
+pub const SLICE_IP: &str = "127.0.0.2";
+
+/// Wait until `rec` saw `n` connections, then assert it saw exactly `n` (nothing more arrives
+/// within a short settle time). Returns the peers. `ctx` (e.g. the strategy) prefixes every
+/// message, followed by `out`'s dump.
+#[track_caller]
+pub fn expect_peers(rec: &Recorder, n: usize, ctx: &str, out: &Output) -> Vec<SocketAddr> {
+    let peers = rec.wait_for(n, PEER_WAIT);
+    assert!(
+        peers.len() >= n,
+        "[{ctx}] recorder {} saw {peers:?}, expected {n} connection(s)\n{}",
+        rec.addr(),
+        out.dump()
+    );
+    let peers = rec.settle();
+    assert_eq!(
+        peers.len(),
+        n,
+        "[{ctx}] recorder {} saw {peers:?}, expected exactly {n}\n{}",
+        rec.addr(),
+        out.dump()
+    );
+    peers
+}
+
+/// Assert every address the peer saw (a TCP peer or a UDP server) is inside the slice `ip:lo-hi`.
+#[track_caller]
+pub fn expect_in_slice(peers: &[SocketAddr], ip: &str, lo: u16, hi: u16, ctx: &str, out: &Output) {
+    for p in peers {
+        assert!(
+            in_slice(*p, ip, lo, hi),
+            "[{ctx}] the peer saw {p}, outside the slice {ip}:{lo}-{hi}\n{}",
+            out.dump()
+        );
+    }
+}
+
+/// Assert every address the peer saw is outside the slice `ip:lo-hi` (flows left alone).
+#[track_caller]
+pub fn expect_not_in_slice(peers: &[SocketAddr], ip: &str, lo: u16, hi: u16, ctx: &str, out: &Output) {
+    for p in peers {
+        assert!(
+            !in_slice(*p, ip, lo, hi),
+            "[{ctx}] the peer saw {p}, inside the slice {ip}:{lo}-{hi}, but this flow should have been left alone\n{}",
+            out.dump()
+        );
+    }
+}
+
+/// Assert the source ports of `addrs` are pairwise distinct (for flows to one destination:
+/// distinct 4-tuples); returns them.
+#[track_caller]
+pub fn expect_distinct_ports(addrs: &[SocketAddr], ctx: &str, out: &Output) -> BTreeSet<u16> {
+    let ports: BTreeSet<u16> = addrs.iter().map(|a| a.port()).collect();
+    assert_eq!(ports.len(), addrs.len(), "[{ctx}] duplicate source ports among {addrs:?}\n{}", out.dump());
+    ports
+}
+
+/// Assert a run's RESULT lines ([`PY_CONNECT`] or a script printing the same lines) show a TCP
+/// slice `ip:lo-hi` filling up: `n + 1` lines, the first `n` connected from inside the slice, the
+/// last failed with EADDRNOTAVAIL. Returns the `n` local addresses.
+#[track_caller]
+pub fn expect_slice_fills_after(
+    out: &Output,
+    n: usize,
+    ip: &str,
+    lo: u16,
+    hi: u16,
+    ctx: &str,
+) -> Vec<SocketAddr> {
+    let results = out.connects();
+    assert_eq!(results.len(), n + 1, "[{ctx}] expected {} RESULT lines\n{}", n + 1, out.dump());
+    let mut locals = Vec::new();
+    for (i, r) in results[..n].iter().enumerate() {
+        match r.result {
+            Ok(local) => {
+                assert!(
+                    in_slice(local, ip, lo, hi),
+                    "[{ctx}] connect #{i} got local {local}, outside the slice {ip}:{lo}-{hi}\n{}",
+                    out.dump()
+                );
+                locals.push(local);
+            }
+            Err(e) => panic!(
+                "[{ctx}] connect #{i} to {} failed with errno {e}; the slice must serve the first {n} flows\n{}",
+                r.dst,
+                out.dump()
+            ),
+        }
+    }
+    assert_eq!(
+        results[n].result,
+        Err(EADDRNOTAVAIL),
+        "[{ctx}] connect #{n} to {} must fail with EADDRNOTAVAIL ({EADDRNOTAVAIL}): the slice is full\n{}",
+        results[n].dst,
+        out.dump()
+    );
+    locals
+}
+
+/// The shape of a single-connection placement test. Under each TCP strategy
+/// ([`tcp_strategies`]), with a fresh `mode` recorder on 127.0.0.1 and a fresh 10-port slice on
+/// [`SLICE_IP`]: the client that `client(&recorder)` builds runs with that slice and strategy and
+/// must exit 0; the recorder must have seen exactly one connection by [`PEER_WAIT`], from inside
+/// the slice; then `check(&output, peer, strategy)` makes the test's own assertions.
+pub fn one_flow_per_strategy(
+    mode: Mode,
+    client: impl Fn(&Recorder) -> Run,
+    check: impl Fn(&Output, SocketAddr, &str),
+) {
+    for strategy in tcp_strategies() {
+        let rec = Recorder::start("127.0.0.1", mode);
+        let (lo, hi) = slice_ports(10);
+        let out = client(&rec).slice(&slice_spec(SLICE_IP, lo, hi)).env("PORTRANGE_STRATEGY", strategy).run();
+        out.assert_success();
+        let peers = rec.wait_for(1, PEER_WAIT);
+        assert_eq!(
+            peers.len(),
+            1,
+            "[{strategy}] recorder {} saw {peers:?}, expected 1 connection\n{}",
+            rec.addr(),
+            out.dump()
+        );
+        expect_in_slice(&peers, SLICE_IP, lo, hi, strategy, &out);
+        check(&out, peers[0], strategy);
+    }
+}
+
 /// The PORTRANGE value for one slice: `IP:LO-HI` or `[IPv6]:LO-HI`.
 pub fn slice_spec(ip: &str, lo: u16, hi: u16) -> String {
     match parse_ip(ip) {
@@ -676,6 +813,11 @@ impl Run {
         r._tmp = Some(dir);
         r
     }
+    /// The `portrange` command line ([`bin_path`]): no LD_PRELOAD, `PORTRANGE_SO` set to the
+    /// library under test ([`so_path`]).
+    pub fn portrange() -> Run {
+        Run::new(bin_path()).no_preload().env("PORTRANGE_SO", so_path())
+    }
     pub fn arg(mut self, a: impl AsRef<OsStr>) -> Run {
         self.args.push(a.as_ref().to_os_string());
         self
@@ -825,6 +967,16 @@ impl Output {
     pub fn expect_field(&self, key: &str) -> &str {
         self.field(key).unwrap_or_else(|| panic!("no `{key}` line in stdout:\n{}", self.dump()))
     }
+    /// The `IP PORT` value of the first stdout line `key IP PORT` (as printed by
+    /// `print("key %s %d" % s.getsockname())`), as an address.
+    #[track_caller]
+    pub fn expect_addr(&self, key: &str) -> SocketAddr {
+        let v = self.expect_field(key);
+        let parsed = v
+            .split_once(' ')
+            .and_then(|(ip, port)| Some(SocketAddr::new(ip.parse().ok()?, port.parse().ok()?)));
+        parsed.unwrap_or_else(|| panic!("bad `{key}` line {v:?}\n{}", self.dump()))
+    }
     /// The RESULT lines of [`PY_CONNECT`].
     pub fn connects(&self) -> Vec<ConnectResult> {
         self.fields("RESULT").into_iter().map(|r| self.parse_result(r)).collect()
@@ -893,6 +1045,39 @@ for i in range(0, len(args), 3):
 
 /// Run [`PY_CONNECT`] with the given arguments under the shim.
 pub fn py_connect(args: &[&str]) -> Run {
+    Run::python(PY_CONNECT).args(args)
+}
+
+/// A python prologue for scripts that print their own RESULT lines (see [`ConnectResult`]):
+/// `tcp_result(s, host, port)` connects the TCP socket `s` to `(host, port)` and returns
+/// `(line, ok)`, the RESULT line to print and whether it connected. A socket that failed is
+/// closed; one that connected is the caller's to hold or close. Run such a script with
+/// [`py_tcp_result`].
+pub const PY_TCP_RESULT: &str = r#"
+def tcp_result(s, host, port):
+    try:
+        s.connect((host, port))
+    except OSError as e:
+        s.close()
+        return "RESULT tcp %s %d err %d" % (host, port, e.errno or -1), False
+    name = s.getsockname()
+    return "RESULT tcp %s %d ok %s %d" % (host, port, name[0], name[1]), True
+"#;
+
+/// `python3 -c` with [`PY_TCP_RESULT`] and then `code`, under the shim.
+pub fn py_tcp_result(code: &str) -> Run {
+    Run::python(&format!("{PY_TCP_RESULT}{code}"))
+}
+
+/// [`PY_CONNECT`] making, for each `(recorder, n)` in turn, `n` TCP connections to that
+/// recorder (held open until the script exits).
+pub fn py_connect_tcp(targets: &[(&Recorder, usize)]) -> Run {
+    let mut args: Vec<String> = Vec::new();
+    for (rec, n) in targets {
+        for _ in 0..*n {
+            args.extend(["tcp".to_string(), rec.ip(), rec.port().to_string()]);
+        }
+    }
     Run::python(PY_CONNECT).args(args)
 }
 

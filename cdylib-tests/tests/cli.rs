@@ -3,16 +3,10 @@
 use cdylib_tests::*;
 use std::time::Duration;
 
-const SLICE_IP: &str = "127.0.0.2";
-
-fn portrange() -> Run {
-    Run::new(bin_path()).no_preload().env("PORTRANGE_SO", so_path())
-}
-
 /// `portrange demo` runs with no set-up, exits 0 and shows flows from 127.0.0.2:PORT.
 #[test]
 fn demo_exits_zero_and_shows_the_slice() {
-    let out = portrange().arg("demo").timeout(Duration::from_secs(120)).run();
+    let out = Run::portrange().arg("demo").timeout(Duration::from_secs(120)).run();
     out.assert_success();
     let text = format!("{}{}", out.stdout, out.stderr);
     assert!(
@@ -32,7 +26,7 @@ fn exec_places_curl() {
     require!("curl");
     let rec = Recorder::http("127.0.0.1");
     let (lo, hi) = slice_ports(10);
-    let out = portrange()
+    let out = Run::portrange()
         .args([
             "exec",
             "--slice",
@@ -59,7 +53,7 @@ fn exec_with_skip_and_two_slices() {
     let skipped = Recorder::hold("127.0.0.3");
     let (lo, hi) = slice_ports(10);
     let (lo6, hi6) = slice_ports(10);
-    let out = portrange()
+    let out = Run::portrange()
         .args([
             "exec",
             "--slice",
@@ -96,7 +90,7 @@ fn exec_with_skip_and_two_slices() {
 #[test]
 fn exec_passes_exit_status() {
     let (lo, hi) = slice_ports(10);
-    let out = portrange()
+    let out = Run::portrange()
         .args(["exec", "--slice", &slice_spec(SLICE_IP, lo, hi), "--", "sh", "-c", "exit 7"])
         .run();
     assert_eq!(out.code(), Some(7), "{}", out.dump());
@@ -106,7 +100,7 @@ fn exec_passes_exit_status() {
 #[test]
 fn exec_rejects_bad_slice() {
     for bad in ["1.2.3.4:20-10", "0.0.0.0:1-2", "nonsense", "[::1:1-2"] {
-        let out = portrange().args(["exec", "--slice", bad, "--", "sh", "-c", "echo PROGRAM-RAN"]).run();
+        let out = Run::portrange().args(["exec", "--slice", bad, "--", "sh", "-c", "echo PROGRAM-RAN"]).run();
         assert!(!out.success() && !out.timed_out, "[{bad}] exec accepted a bad slice\n{}", out.dump());
         assert!(
             !out.stdout.contains("PROGRAM-RAN"),

@@ -2,8 +2,6 @@
 
 use cdylib_tests::*;
 
-const SLICE_IP: &str = "127.0.0.2";
-
 /// Connects a v4 TCP socket, an AF_INET6 TCP socket (v4-mapped destination) and a v4 UDP
 /// socket to the recorder's port on 127.0.0.1, then exchanges data over AF_UNIX (never in
 /// scope). Prints `tcp4 …`, `tcp6 …`, `udp4 …` as `ok` or `err ERRNO`, and `unix ok`.
@@ -80,6 +78,33 @@ fn lines_naming<'a>(out: &'a Output, var: &str, value: &str) -> Vec<&'a str> {
     out.stderr.lines().filter(|l| l.contains(&tag) && l.contains(value.trim())).collect()
 }
 
+/// What every run of an invalid case must show whatever PORTRANGE_ON_ERROR says: the program
+/// exits 0 and exactly one stderr line names the variable with its value. Returns the problems.
+fn named_once_problems(out: &Output, case: &Case) -> Vec<String> {
+    let mut bad = Vec::new();
+    if !out.success() {
+        bad.push("program did not exit 0".to_string());
+    }
+    let named = lines_naming(out, case.var, case.value);
+    if named.len() != 1 {
+        bad.push(format!("{} stderr lines name {}= with the value (want exactly 1)", named.len(), case.var));
+    }
+    bad
+}
+
+/// Note a case's problems (if any) in `failures`, labelled and with the run's dump.
+fn note_failure(failures: &mut Vec<String>, label: &str, bad: &[String], out: &Output) {
+    if !bad.is_empty() {
+        failures.push(format!("[{label}] {}\n{}", bad.join("; "), out.dump()));
+    }
+}
+
+/// Assert no case failed; lists every failing case at once.
+#[track_caller]
+fn assert_no_failures(failures: &[String]) {
+    assert!(failures.is_empty(), "{} failing case(s):\n\n{}", failures.len(), failures.join("\n\n"));
+}
+
 fn case_run(case: &Case, on_error: Option<&str>, lo: u16, hi: u16, rec: &Recorder) -> Output {
     let good = slice_spec(SLICE_IP, lo, hi);
     let mut r = Run::python(PROBE).arg(rec.port().to_string());
@@ -108,18 +133,7 @@ fn invalid_configuration_table() {
         for on_error in [None, Some("deny")] {
             let rec = Recorder::echo("127.0.0.1");
             let out = case_run(&case, on_error, lo, hi, &rec);
-            let mut bad = Vec::new();
-            if !out.success() {
-                bad.push("program did not exit 0".to_string());
-            }
-            let named = lines_naming(&out, case.var, case.value);
-            if named.len() != 1 {
-                bad.push(format!(
-                    "{} stderr lines name {}= with the value (want exactly 1)",
-                    named.len(),
-                    case.var
-                ));
-            }
+            let mut bad = named_once_problems(&out, &case);
             for key in ["tcp4", "tcp6", "udp4"] {
                 let want = format!("err {EPERM}");
                 if out.field(key) != Some(want.as_str()) {
@@ -133,26 +147,13 @@ fn invalid_configuration_table() {
             if !peers.is_empty() {
                 bad.push(format!("peer saw connections under deny: {peers:?}"));
             }
-            if !bad.is_empty() {
-                failures.push(format!("[{label}, ON_ERROR={on_error:?}] {}\n{}", bad.join("; "), out.dump()));
-            }
+            note_failure(&mut failures, &format!("{label}, ON_ERROR={on_error:?}"), &bad, &out);
         }
 
         // passthrough: the shim is inactive.
         let rec = Recorder::echo("127.0.0.1");
         let out = case_run(&case, Some("passthrough"), lo, hi, &rec);
-        let mut bad = Vec::new();
-        if !out.success() {
-            bad.push("program did not exit 0".to_string());
-        }
-        let named = lines_naming(&out, case.var, case.value);
-        if named.len() != 1 {
-            bad.push(format!(
-                "{} stderr lines name {}= with the value (want exactly 1)",
-                named.len(),
-                case.var
-            ));
-        }
+        let mut bad = named_once_problems(&out, &case);
         for key in ["tcp4", "tcp6", "udp4", "unix"] {
             if out.field(key) != Some("ok") {
                 bad.push(format!("{key}: {:?}, want ok", out.field(key)));
@@ -167,11 +168,9 @@ fn invalid_configuration_table() {
                 bad.push(format!("peer saw {p}: passthrough must leave the flow alone"));
             }
         }
-        if !bad.is_empty() {
-            failures.push(format!("[{label}, passthrough] {}\n{}", bad.join("; "), out.dump()));
-        }
+        note_failure(&mut failures, &format!("{label}, passthrough"), &bad, &out);
     }
-    assert!(failures.is_empty(), "{} failing case(s):\n\n{}", failures.len(), failures.join("\n\n"));
+    assert_no_failures(&failures);
 }
 
 /// Warn-only variables: the program gets a warning line naming the variable and the shim still
@@ -209,11 +208,9 @@ fn bad_log_stats_on_error_only_warn() {
         if peers.len() != 1 || !in_slice(peers[0], SLICE_IP, lo, hi) {
             bad.push(format!("peer saw {peers:?}, want one flow inside {SLICE_IP}:{lo}-{hi}"));
         }
-        if !bad.is_empty() {
-            failures.push(format!("[{var}={value:?}] {}\n{}", bad.join("; "), out.dump()));
-        }
+        note_failure(&mut failures, &format!("{var}={value:?}"), &bad, &out);
     }
-    assert!(failures.is_empty(), "{} failing case(s):\n\n{}", failures.len(), failures.join("\n\n"));
+    assert_no_failures(&failures);
 }
 
 /// A bad PORTRANGE_ON_ERROR does not weaken `deny`: with an invalid PORTRANGE, connects still

@@ -7,51 +7,6 @@
 use cdylib_tests::*;
 use std::net::SocketAddr;
 
-const SLICE_IP: &str = "127.0.0.2";
-
-/// Wait until `rec` saw `n` connections, then assert it saw exactly `n` (nothing more arrives
-/// within a short settle time).
-#[track_caller]
-fn expect_peers(rec: &Recorder, n: usize, ctx: &str, out: &Output) -> Vec<SocketAddr> {
-    let peers = rec.wait_for(n, PEER_WAIT);
-    assert!(
-        peers.len() >= n,
-        "[{ctx}] recorder {} saw {peers:?}, expected {n} connection(s)\n{}",
-        rec.addr(),
-        out.dump()
-    );
-    let peers = rec.settle();
-    assert_eq!(
-        peers.len(),
-        n,
-        "[{ctx}] recorder {} saw {peers:?}, expected exactly {n}\n{}",
-        rec.addr(),
-        out.dump()
-    );
-    peers
-}
-
-/// Assert every peer is inside the slice `ip:lo-hi`.
-#[track_caller]
-fn expect_in_slice(peers: &[SocketAddr], ip: &str, lo: u16, hi: u16, ctx: &str, out: &Output) {
-    for p in peers {
-        assert!(
-            in_slice(*p, ip, lo, hi),
-            "[{ctx}] the peer saw {p}, outside the slice {ip}:{lo}-{hi}\n{}",
-            out.dump()
-        );
-    }
-}
-
-/// Assert the peers' source ports are pairwise distinct (one destination: distinct 4-tuples).
-#[track_caller]
-fn expect_distinct_ports(peers: &[SocketAddr], ctx: &str, out: &Output) {
-    let mut ports: Vec<u16> = peers.iter().map(|p| p.port()).collect();
-    ports.sort_unstable();
-    ports.dedup();
-    assert_eq!(ports.len(), peers.len(), "[{ctx}] duplicate source ports among {peers:?}\n{}", out.dump());
-}
-
 /// The local addresses of the RESULT lines; panics on any failure.
 #[track_caller]
 fn all_ok(out: &Output, n: usize, ctx: &str) -> Vec<SocketAddr> {
@@ -86,12 +41,7 @@ fn two_slices_on_two_ips_serve_four_flows_then_eaddrnotavail() {
         let (lo, hi) = slice_ports(2);
         let ips = [SLICE_IP, "127.0.0.6"];
         let spec = format!("{},{}", slice_spec(ips[0], lo, hi), slice_spec(ips[1], lo, hi));
-        let port = rec.port().to_string();
-        let mut args = Vec::new();
-        for _ in 0..5 {
-            args.extend(["tcp", "127.0.0.1", port.as_str()]);
-        }
-        let out = py_connect(&args).slice(&spec).env("PORTRANGE_STRATEGY", strategy).run();
+        let out = py_connect_tcp(&[(&rec, 5)]).slice(&spec).env("PORTRANGE_STRATEGY", strategy).run();
         out.assert_success();
         let results = out.connects();
         assert_eq!(results.len(), 5, "[{strategy}]\n{}", out.dump());
@@ -153,15 +103,11 @@ for i in range(0, len(args), 2):
     s.bind((slice_ip, 0))
     print("bound %s %d" % s.getsockname())
     print("no_port", s.getsockopt(socket.IPPROTO_IP, 24))
-    try:
-        s.connect((host, port))
-        name = s.getsockname()
-        print("RESULT tcp %s %d ok %s %d" % (host, port, name[0], name[1]), flush=True)
+    line, ok = tcp_result(s, host, port)
+    print(line, flush=True)
+    if ok:
         print("no_port_after", s.getsockopt(socket.IPPROTO_IP, 24))
         held.append(s)
-    except OSError as e:
-        print("RESULT tcp %s %d err %d" % (host, port, e.errno or -1), flush=True)
-        s.close()
 "#;
 
 /// IP_BIND_ADDRESS_NO_PORT + bind(SLICE_IP, 0) (nginx proxy_bind): the port is chosen at connect
@@ -180,35 +126,14 @@ fn no_port_bind_to_slice_ip_shares_ports_across_destinations() {
             }
         }
         args.extend(hp(&recs[0]));
-        let out = Run::python(PY_NO_PORT)
+        let out = py_tcp_result(PY_NO_PORT)
             .args(&args)
             .slice(&slice_spec(SLICE_IP, lo, hi))
             .env("PORTRANGE_STRATEGY", strategy)
             .run();
         out.assert_success();
-        let results = out.connects();
-        assert_eq!(results.len(), 31, "[{strategy}]\n{}", out.dump());
-        for (i, r) in results[..30].iter().enumerate() {
-            match r.result {
-                Ok(local) => assert!(
-                    in_slice(local, SLICE_IP, lo, hi),
-                    "[{strategy}] connect #{i} got local {local}, outside the slice\n{}",
-                    out.dump()
-                ),
-                Err(e) => panic!(
-                    "[{strategy}] connect #{i} to {} failed with errno {e}; a 10-port slice must serve 10 flows per destination\n{}",
-                    r.dst,
-                    out.dump()
-                ),
-            }
-        }
-        assert_eq!(
-            results[30].result,
-            Err(EADDRNOTAVAIL),
-            "[{strategy}] the 11th connect to {} must fail with EADDRNOTAVAIL ({EADDRNOTAVAIL})\n{}",
-            results[30].dst,
-            out.dump()
-        );
+        // 10 flows to each destination, then the 11th to the first one finds the slice full.
+        expect_slice_fills_after(&out, 30, SLICE_IP, lo, hi, strategy);
         // As without the shim: NO_PORT binds the IP only, the program reads back its own value.
         for b in out.fields("bound") {
             assert_eq!(
@@ -263,18 +188,6 @@ print("accepted_peer %s %d" % peer, flush=True)
 print("client_local %s %d" % c.getsockname(), flush=True)
 "#;
 
-/// Parse `IP PORT`.
-#[track_caller]
-fn sockaddr_field(out: &Output, key: &str) -> SocketAddr {
-    let v = out.expect_field(key);
-    let (ip, port) = v.split_once(' ').unwrap_or_else(|| panic!("bad `{key}` line {v:?}\n{}", out.dump()));
-    let ip = ip.parse().unwrap_or_else(|_| panic!("bad IP in `{key}` line {v:?}\n{}", out.dump()));
-    SocketAddr::new(
-        ip,
-        port.parse().unwrap_or_else(|_| panic!("bad port in `{key}` line {v:?}\n{}", out.dump())),
-    )
-}
-
 /// bind(SLICE_IP, 0) without IP_BIND_ADDRESS_NO_PORT: the socket has a slice port right after
 /// bind (getsockname before connect), the peer sees exactly that port, and such a socket can
 /// listen() and accept a connection.
@@ -289,14 +202,14 @@ fn bind_slice_ip_port_zero_gets_a_slice_port_at_once() {
             .env("PORTRANGE_STRATEGY", strategy)
             .run();
         out.assert_success();
-        let bound = sockaddr_field(&out, "bound");
+        let bound = out.expect_addr("bound");
         assert!(
             in_slice(bound, SLICE_IP, lo, hi),
             "[{strategy}] getsockname right after bind({SLICE_IP}, 0) shows {bound}, not a port of the slice {lo}-{hi}\n{}",
             out.dump()
         );
         assert_eq!(
-            sockaddr_field(&out, "connected"),
+            out.expect_addr("connected"),
             bound,
             "[{strategy}] the port changed at connect\n{}",
             out.dump()
@@ -312,19 +225,19 @@ fn bind_slice_ip_port_zero_gets_a_slice_port_at_once() {
         assert!(rec.wait_finished(1, PEER_WAIT), "[{strategy}] the connection did not end\n{}", out.dump());
         assert_eq!(rec.received(), b"ping", "[{strategy}]\n{}", out.dump());
 
-        let lb = sockaddr_field(&out, "listen_bound");
+        let lb = out.expect_addr("listen_bound");
         assert!(
             in_slice(lb, SLICE_IP, lo, hi),
             "[{strategy}] listening socket bound to {lb}\n{}",
             out.dump()
         );
         assert_ne!(lb, bound, "[{strategy}] two sockets hold {bound} exclusively\n{}", out.dump());
-        assert_eq!(sockaddr_field(&out, "listening"), lb, "[{strategy}]\n{}", out.dump());
+        assert_eq!(out.expect_addr("listening"), lb, "[{strategy}]\n{}", out.dump());
         assert_eq!(out.expect_field("accepted_data"), "hello", "[{strategy}]\n{}", out.dump());
         // The listener is the peer of the plain client: it saw the client's own address.
         assert_eq!(
-            sockaddr_field(&out, "accepted_peer"),
-            sockaddr_field(&out, "client_local"),
+            out.expect_addr("accepted_peer"),
+            out.expect_addr("client_local"),
             "[{strategy}]\n{}",
             out.dump()
         );
@@ -366,7 +279,7 @@ fn wildcard_bind_then_connect_is_placed() {
         let peers = expect_peers(&rec, 2, strategy, &out);
         expect_in_slice(&peers, SLICE_IP, lo, hi, strategy, &out);
         for key in ["v4", "v6"] {
-            let local = sockaddr_field(&out, key);
+            let local = out.expect_addr(key);
             assert!(
                 in_slice(local, SLICE_IP, lo, hi),
                 "[{strategy}] {key}: getsockname after connect shows {local}\n{}",
@@ -421,15 +334,10 @@ fn wildcard_bind_then_listen_is_unchanged() {
             .run();
         out.assert_success();
         for (o, label) in [(&base, "baseline"), (&out, strategy)] {
-            let a = sockaddr_field(o, "a_after_bind");
-            assert_eq!(
-                sockaddr_field(o, "a_listening"),
-                a,
-                "[{label}] the port changed at listen\n{}",
-                o.dump()
-            );
+            let a = o.expect_addr("a_after_bind");
+            assert_eq!(o.expect_addr("a_listening"), a, "[{label}] the port changed at listen\n{}", o.dump());
             for tag in ["a", "b"] {
-                let l = sockaddr_field(o, &format!("{tag}_listening"));
+                let l = o.expect_addr(&format!("{tag}_listening"));
                 assert_eq!(l.ip().to_string(), "0.0.0.0", "[{label}] {tag}\n{}", o.dump());
                 assert!(
                     l.port() != 0 && (eph_lo..=eph_hi).contains(&l.port()),
@@ -438,8 +346,8 @@ fn wildcard_bind_then_listen_is_unchanged() {
                 );
                 assert_eq!(o.expect_field(&format!("{tag}_data")), "hi", "[{label}] {tag}\n{}", o.dump());
                 assert_eq!(
-                    sockaddr_field(o, &format!("{tag}_peer")),
-                    sockaddr_field(o, &format!("{tag}_client")),
+                    o.expect_addr(&format!("{tag}_peer")),
+                    o.expect_addr(&format!("{tag}_client")),
                     "[{label}] {tag}\n{}",
                     o.dump()
                 );
@@ -447,7 +355,7 @@ fn wildcard_bind_then_listen_is_unchanged() {
         }
         // The listener is the peer of the client (a plain connect under the shim): placed.
         for tag in ["a", "b"] {
-            let peer = sockaddr_field(&out, &format!("{tag}_peer"));
+            let peer = out.expect_addr(&format!("{tag}_peer"));
             assert!(
                 in_slice(peer, SLICE_IP, lo, hi),
                 "[{strategy}] {tag}: the listener saw the client at {peer}, outside the slice {SLICE_IP}:{lo}-{hi}\n{}",
@@ -596,14 +504,10 @@ def say(line):
     os.write(1, (line + "\n").encode())  # one write: lines of both processes stay whole
 def connect():
     s = socket.socket()
-    try:
-        s.connect((host, port))
-        name = s.getsockname()
-        say("RESULT tcp %s %d ok %s %d" % (host, port, name[0], name[1]))
+    line, ok = tcp_result(s, host, port)
+    say(line)
+    if ok:
         held.append(s)
-    except OSError as e:
-        say("RESULT tcp %s %d err %d" % (host, port, e.errno or -1))
-        s.close()
 connect()
 go_r, go_w = os.pipe()
 done_r, done_w = os.pipe()
@@ -632,7 +536,7 @@ fn forked_child_and_parent_are_placed() {
     for strategy in tcp_strategies() {
         let rec = Recorder::hold("127.0.0.1");
         let (lo, hi) = slice_ports(20);
-        let out = Run::python(PY_FORK)
+        let out = py_tcp_result(PY_FORK)
             .args([rec.ip(), rec.port().to_string(), N.to_string()])
             .slice(&slice_spec(SLICE_IP, lo, hi))
             .env("PORTRANGE_STRATEGY", strategy)
@@ -661,15 +565,10 @@ def work():
     start.wait()
     for i in range(per):
         s = socket.socket()
-        try:
-            s.connect((host, port))
-            name = s.getsockname()
-            line = "RESULT tcp %s %d ok %s %d" % (host, port, name[0], name[1])
+        line, ok = tcp_result(s, host, port)
+        if ok:
             with lock:
                 held.append(s)
-        except OSError as e:
-            line = "RESULT tcp %s %d err %d" % (host, port, e.errno or -1)
-            s.close()
         with lock:
             print(line, flush=True)
 ts = [threading.Thread(target=work) for _ in range(nthreads)]
@@ -689,7 +588,7 @@ fn threads_connect_in_parallel() {
     for strategy in tcp_strategies() {
         let rec = Recorder::hold("127.0.0.1");
         let (lo, hi) = slice_ports(64);
-        let out = Run::python(PY_THREADS)
+        let out = py_tcp_result(PY_THREADS)
             .args([rec.ip(), rec.port().to_string(), THREADS.to_string(), PER.to_string()])
             .slice(&slice_spec(SLICE_IP, lo, hi))
             .env("PORTRANGE_STRATEGY", strategy)
@@ -711,6 +610,30 @@ fn threads_connect_in_parallel() {
 // 6. TCP Fast Open
 // ---------------------------------------------------------------------------------------------
 
+/// Under each TCP strategy, run `code` (argv: a bytes recorder's port; prints `local IP PORT`
+/// after sending `payload` on one TCP connection) with a fresh slice: the stdout line
+/// `field.0` must read `field.1`, the one flow is placed and is the program's `local`, and the
+/// peer receives `payload`.
+fn fast_open_case(code: &str, field: (&str, &str), payload: &str) {
+    let (key, want) = field;
+    for strategy in tcp_strategies() {
+        let rec = Recorder::bytes("127.0.0.1");
+        let (lo, hi) = slice_ports(10);
+        let out = Run::python(code)
+            .arg(rec.port().to_string())
+            .slice(&slice_spec(SLICE_IP, lo, hi))
+            .env("PORTRANGE_STRATEGY", strategy)
+            .run();
+        out.assert_success();
+        assert_eq!(out.expect_field(key), want, "[{strategy}]\n{}", out.dump());
+        let peers = expect_peers(&rec, 1, strategy, &out);
+        expect_in_slice(&peers, SLICE_IP, lo, hi, strategy, &out);
+        assert_eq!(out.expect_addr("local"), peers[0], "[{strategy}]\n{}", out.dump());
+        assert!(rec.wait_finished(1, PEER_WAIT), "[{strategy}] the connection did not end\n{}", out.dump());
+        assert_eq!(String::from_utf8_lossy(&rec.received()), payload, "[{strategy}]\n{}", out.dump());
+    }
+}
+
 /// `sendto(b"hello", MSG_FASTOPEN, addr)` on a fresh TCP socket (the kernel's client TFO bit is
 /// on by default): the peer sees the slice and receives "hello".
 #[test]
@@ -726,22 +649,7 @@ print("sent", s.sendto(b"hello", socket.MSG_FASTOPEN, ("127.0.0.1", int(sys.argv
 print("local %s %d" % s.getsockname(), flush=True)
 s.close()
 "#;
-    for strategy in tcp_strategies() {
-        let rec = Recorder::bytes("127.0.0.1");
-        let (lo, hi) = slice_ports(10);
-        let out = Run::python(code)
-            .arg(rec.port().to_string())
-            .slice(&slice_spec(SLICE_IP, lo, hi))
-            .env("PORTRANGE_STRATEGY", strategy)
-            .run();
-        out.assert_success();
-        assert_eq!(out.expect_field("sent"), "5", "[{strategy}]\n{}", out.dump());
-        let peers = expect_peers(&rec, 1, strategy, &out);
-        expect_in_slice(&peers, SLICE_IP, lo, hi, strategy, &out);
-        assert_eq!(sockaddr_field(&out, "local"), peers[0], "[{strategy}]\n{}", out.dump());
-        assert!(rec.wait_finished(1, PEER_WAIT), "[{strategy}] the connection did not end\n{}", out.dump());
-        assert_eq!(String::from_utf8_lossy(&rec.received()), "hello", "[{strategy}]\n{}", out.dump());
-    }
+    fast_open_case(code, ("sent", "5"), "hello");
 }
 
 /// connect() after setsockopt(IPPROTO_TCP, TCP_FASTOPEN_CONNECT=30, 1): placed as a connect;
@@ -758,22 +666,7 @@ print("fastopen_connect", s.getsockopt(socket.IPPROTO_TCP, 30), flush=True)
 print("local %s %d" % s.getsockname(), flush=True)
 s.close()
 "#;
-    for strategy in tcp_strategies() {
-        let rec = Recorder::bytes("127.0.0.1");
-        let (lo, hi) = slice_ports(10);
-        let out = Run::python(code)
-            .arg(rec.port().to_string())
-            .slice(&slice_spec(SLICE_IP, lo, hi))
-            .env("PORTRANGE_STRATEGY", strategy)
-            .run();
-        out.assert_success();
-        assert_eq!(out.expect_field("fastopen_connect"), "1", "[{strategy}]\n{}", out.dump());
-        let peers = expect_peers(&rec, 1, strategy, &out);
-        expect_in_slice(&peers, SLICE_IP, lo, hi, strategy, &out);
-        assert_eq!(sockaddr_field(&out, "local"), peers[0], "[{strategy}]\n{}", out.dump());
-        assert!(rec.wait_finished(1, PEER_WAIT), "[{strategy}] the connection did not end\n{}", out.dump());
-        assert_eq!(String::from_utf8_lossy(&rec.received()), "world", "[{strategy}]\n{}", out.dump());
-    }
+    fast_open_case(code, ("fastopen_connect", "1"), "world");
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -3,8 +3,6 @@
 
 use cdylib_tests::*;
 
-const SLICE_IP: &str = "127.0.0.2";
-
 /// argv: MODE (close|dup2) SINK_PORT HTTP_PORT REFUSED_PORT BOUND_PORT.
 /// Puts a TCP connection to the sink on fd 2, then does things the shim logs about (placed
 /// connects, a refused connect, a socket bound to a specific port, UDP traffic) at trace level,
@@ -51,10 +49,6 @@ c.close()
 os.write(2, b"program-line-3\n")
 "#;
 
-fn free_port() -> u16 {
-    bind_listener(LOCALHOST_V4).local_addr().unwrap().port()
-}
-
 fn daemon_case(mode: &str) {
     let sink = Recorder::bytes("127.0.0.1");
     let http = Recorder::http("127.0.0.1");
@@ -64,8 +58,8 @@ fn daemon_case(mode: &str) {
             mode,
             &sink.port().to_string(),
             &http.port().to_string(),
-            &free_port().to_string(),
-            &free_port().to_string(),
+            &free_listen_port().to_string(),
+            &free_listen_port().to_string(),
         ])
         .slice(&slice_spec(SLICE_IP, lo, hi))
         .env("PORTRANGE_LOG", "trace")

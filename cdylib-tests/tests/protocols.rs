@@ -3,13 +3,6 @@
 
 use cdylib_tests::*;
 
-const SLICE_IP: &str = "127.0.0.2";
-
-/// A fresh listen-pool port that is free on 127.0.0.1 right now.
-fn free_port() -> u16 {
-    bind_listener(LOCALHOST_V4).local_addr().unwrap().port()
-}
-
 #[test]
 fn unix_sockets_pass_through() {
     let (lo, hi) = slice_ports(10);
@@ -48,17 +41,29 @@ os.rmdir(d)
     assert!(errs.is_empty(), "AF_UNIX sockets made the shim warn: {errs:?}");
 }
 
-/// Run `code` (which prints `unsupported` when the kernel lacks the protocol) without and with
-/// the shim; returns `None` when unsupported, else (baseline, shimmed).
-/// Each run gets its own fresh port as its argument.
-fn compare(code: &str, lo: u16, hi: u16) -> Option<(Output, Output)> {
-    let base = Run::python(code).arg(free_port().to_string()).no_preload().run();
+/// Python prologue of the protocol scripts: `open_or_skip(typ, proto)` is an AF_INET socket of
+/// that protocol; when the kernel lacks it, the script prints `unsupported ERRNO` and exits 0.
+const PY_OPEN_OR_SKIP: &str = r#"
+import socket, sys
+def open_or_skip(typ, proto):
+    try:
+        return socket.socket(socket.AF_INET, typ, proto)
+    except OSError as e:
+        print("unsupported", e.errno)
+        raise SystemExit(0)
+"#;
+
+/// Run `code` (argv: a port; prints `unsupported` when the kernel lacks the protocol) without
+/// the shim on `ports[0]`, then with it on `ports[1]`; returns `None` when unsupported, else
+/// (baseline, shimmed).
+fn compare(code: &str, lo: u16, hi: u16, ports: [u16; 2]) -> Option<(Output, Output)> {
+    let base = Run::python(code).arg(ports[0].to_string()).no_preload().run();
     base.assert_success();
     if base.field("unsupported").is_some() {
         println!("NOTE: protocol not supported by this kernel ({}); sub-case skipped", base.stdout.trim());
         return None;
     }
-    let out = Run::python(code).arg(free_port().to_string()).slice(&slice_spec(SLICE_IP, lo, hi)).run();
+    let out = Run::python(code).arg(ports[1].to_string()).slice(&slice_spec(SLICE_IP, lo, hi)).run();
     out.assert_success();
     Some((base, out))
 }
@@ -66,13 +71,10 @@ fn compare(code: &str, lo: u16, hi: u16) -> Option<(Output, Output)> {
 #[test]
 fn mptcp_passes_through() {
     let (lo, hi) = slice_ports(10);
-    let code = r#"
-import socket, sys
-try:
-    s = socket.socket(socket.AF_INET, socket.SOCK_STREAM, 262)
-except OSError as e:
-    print("unsupported", e.errno)
-    raise SystemExit(0)
+    let code = format!(
+        "{PY_OPEN_OR_SKIP}{}",
+        r#"
+s = open_or_skip(socket.SOCK_STREAM, 262)
 try:
     s.connect(("127.0.0.1", int(sys.argv[1])))
     print("connect ok")
@@ -80,17 +82,11 @@ try:
     print("echo", s.recv(4).decode())
 except OSError as e:
     print("connect err", e.errno)
-"#;
+"#
+    );
     let base_rec = Recorder::echo("127.0.0.1");
     let rec = Recorder::echo("127.0.0.1");
-    let base = Run::python(code).arg(base_rec.port().to_string()).no_preload().run();
-    base.assert_success();
-    if base.field("unsupported").is_some() {
-        println!("NOTE: MPTCP not supported here ({}); skipped", base.stdout.trim());
-        return;
-    }
-    let out = Run::python(code).arg(rec.port().to_string()).slice(&slice_spec(SLICE_IP, lo, hi)).run();
-    out.assert_success();
+    let Some((base, out)) = compare(&code, lo, hi, [base_rec.port(), rec.port()]) else { return };
     assert_eq!(
         out.stdout,
         base.stdout,
@@ -109,14 +105,11 @@ except OSError as e:
 #[test]
 fn sctp_passes_through() {
     let (lo, hi) = slice_ports(10);
-    let code = r#"
-import socket, sys
+    let code = format!(
+        "{PY_OPEN_OR_SKIP}{}",
+        r#"
 port = int(sys.argv[1])
-try:
-    srv = socket.socket(socket.AF_INET, socket.SOCK_STREAM, 132)
-except OSError as e:
-    print("unsupported", e.errno)
-    raise SystemExit(0)
+srv = open_or_skip(socket.SOCK_STREAM, 132)
 srv.bind(("127.0.0.1", port))
 srv.listen(1)
 c = socket.socket(socket.AF_INET, socket.SOCK_STREAM, 132)
@@ -127,8 +120,9 @@ try:
     print("peer_ip", peer[0])
 except OSError as e:
     print("connect err", e.errno)
-"#;
-    let Some((base, out)) = compare(code, lo, hi) else { return };
+"#
+    );
+    let Some((base, out)) = compare(&code, lo, hi, [free_listen_port(), free_listen_port()]) else { return };
     assert_eq!(out.field("connect"), base.field("connect"), "{}\n{}", out.dump(), base.dump());
     assert_eq!(out.field("peer_ip"), Some("127.0.0.1"), "SCTP flow was moved\n{}", out.dump());
 }
@@ -136,14 +130,11 @@ except OSError as e:
 #[test]
 fn udplite_passes_through() {
     let (lo, hi) = slice_ports(10);
-    let code = r#"
-import socket, sys
+    let code = format!(
+        "{PY_OPEN_OR_SKIP}{}",
+        r#"
 port = int(sys.argv[1])
-try:
-    srv = socket.socket(socket.AF_INET, socket.SOCK_DGRAM, 136)
-except OSError as e:
-    print("unsupported", e.errno)
-    raise SystemExit(0)
+srv = open_or_skip(socket.SOCK_DGRAM, 136)
 srv.bind(("127.0.0.1", port))
 srv.settimeout(10)
 c = socket.socket(socket.AF_INET, socket.SOCK_DGRAM, 136)
@@ -163,8 +154,9 @@ try:
     print("peer2", "%s %d" % peer)
 except OSError as e:
     print("sendto err", e.errno)
-"#;
-    let Some((base, out)) = compare(code, lo, hi) else { return };
+"#
+    );
+    let Some((base, out)) = compare(&code, lo, hi, [free_listen_port(), free_listen_port()]) else { return };
     assert_eq!(out.field("connect"), base.field("connect"), "{}\n{}", out.dump(), base.dump());
     assert_eq!(out.field("sendto"), base.field("sendto"), "{}\n{}", out.dump(), base.dump());
     for key in ["peer", "peer2"] {

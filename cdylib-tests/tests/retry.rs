@@ -19,51 +19,9 @@ use std::sync::{Arc, Mutex};
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
-const SLICE_IP: &str = "127.0.0.2";
-
 // ---------------------------------------------------------------------------------------------
 // Helpers
 // ---------------------------------------------------------------------------------------------
-
-/// Wait until `rec` saw `n` connections, then assert it saw exactly `n`.
-#[track_caller]
-fn expect_peers(rec: &Recorder, n: usize, ctx: &str, out: &Output) -> Vec<SocketAddr> {
-    let peers = rec.wait_for(n, PEER_WAIT);
-    assert!(
-        peers.len() >= n,
-        "[{ctx}] recorder {} saw {peers:?}, expected {n} connection(s)\n{}",
-        rec.addr(),
-        out.dump()
-    );
-    let peers = rec.settle();
-    assert_eq!(
-        peers.len(),
-        n,
-        "[{ctx}] recorder {} saw {peers:?}, expected exactly {n}\n{}",
-        rec.addr(),
-        out.dump()
-    );
-    peers
-}
-
-/// Assert every peer is inside the slice `ip:lo-hi`.
-#[track_caller]
-fn expect_in_slice(peers: &[SocketAddr], ip: &str, lo: u16, hi: u16, ctx: &str, out: &Output) {
-    for p in peers {
-        assert!(
-            in_slice(*p, ip, lo, hi),
-            "[{ctx}] the peer saw {p}, outside the slice {ip}:{lo}-{hi}\n{}",
-            out.dump()
-        );
-    }
-}
-
-/// Assert the peers' source ports are pairwise distinct.
-#[track_caller]
-fn expect_distinct_ports(peers: &[SocketAddr], ctx: &str, out: &Output) {
-    let ports: BTreeSet<u16> = peers.iter().map(|p| p.port()).collect();
-    assert_eq!(ports.len(), peers.len(), "[{ctx}] duplicate source ports among {peers:?}\n{}", out.dump());
-}
 
 /// The lines of a `PORTRANGE_STATS` file (empty if it was not written).
 fn stats_lines(path: &Path) -> Vec<String> {
@@ -108,7 +66,8 @@ fn option_lines<'a>(out: &'a Output, prefix: &str) -> Vec<(&'a str, &'a str, &'a
         .collect()
 }
 
-/// A python helper shared by the swap scripts: the state of an fd the program can observe.
+/// A python helper shared by the swap scripts: the state of an fd the program can observe, a
+/// fresh socket with options set, a non-blocking connect.
 const PY_STATE: &str = r#"
 import errno, fcntl, os, select, socket, sys, time
 
@@ -127,6 +86,14 @@ def state(s, fd):
         ("rcvbuf", s.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF)),
         ("reuseaddr", s.getsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR)),
     ]
+
+def fresh_socket():
+    # A non-blocking TCP socket with set_options applied: (s, fd, inode, state before connect).
+    s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    fd = s.fileno()
+    set_options(s)
+    s.setblocking(False)
+    return s, fd, os.fstat(fd).st_ino, state(s, fd)
 
 def nb_connect(s, host, port):
     err = s.connect_ex((host, port))
@@ -163,6 +130,33 @@ fn expect_options_kept(out: &Output, prefix: &str, ctx: &str) {
     }
 }
 
+/// Run `code` (argv: an echo recorder's `ip port`; it binds to the wildcard and calls
+/// getsockname before connecting, which forces a swap) under `retry` with a fresh 10-port slice
+/// and a stats file: it must exit 0, the recorder must see exactly one flow, from the slice, and
+/// the stats must count a swap. Returns the run and the peer, for the test's own checks.
+fn forced_swap_run(code: &str, ctx: &str) -> (Output, SocketAddr) {
+    let rec = Recorder::echo("127.0.0.1");
+    let (lo, hi) = slice_ports(10);
+    let dir = TempDir::new("retry-swap");
+    let stats = dir.path().join("stats.jsonl");
+    let out = Run::python(code)
+        .args([rec.ip(), rec.port().to_string()])
+        .slice(&slice_spec(SLICE_IP, lo, hi))
+        .env("PORTRANGE_STRATEGY", "retry")
+        .env("PORTRANGE_STATS", &stats)
+        .run();
+    out.assert_success();
+    let peers = expect_peers(&rec, 1, ctx, &out);
+    expect_in_slice(&peers, SLICE_IP, lo, hi, ctx, &out);
+    let line = one_stats_line(&stats, &out);
+    assert!(
+        json_number(&line, "swaps").unwrap_or(0) >= 1,
+        "[{ctx}] the wildcard bind + getsockname must force a swap; stats: {line}\n{}",
+        out.dump()
+    );
+    (out, peers[0])
+}
+
 // ---------------------------------------------------------------------------------------------
 // 1. auto, slice outside the sysctl range → retry
 // ---------------------------------------------------------------------------------------------
@@ -179,44 +173,14 @@ fn auto_outside_sysctl_range_serves_ten_flows_per_destination() {
         "the slice {lo}-{hi} must lie outside ip_local_port_range {rlo}-{rhi} for this test"
     );
     let recs = [Recorder::hold("127.0.0.1"), Recorder::hold("127.0.0.3"), Recorder::hold("127.0.0.4")];
-    let mut args: Vec<String> = Vec::new();
-    for rec in &recs {
-        for _ in 0..10 {
-            args.extend(["tcp".to_string(), rec.ip(), rec.port().to_string()]);
-        }
-    }
-    args.extend(["tcp".to_string(), recs[0].ip(), recs[0].port().to_string()]);
     let dir = TempDir::new("retry-auto");
     let stats = dir.path().join("stats.jsonl");
-    let out = Run::python(PY_CONNECT)
-        .args(&args)
+    let out = py_connect_tcp(&[(&recs[0], 10), (&recs[1], 10), (&recs[2], 10), (&recs[0], 1)])
         .slice(&slice_spec(SLICE_IP, lo, hi))
         .env("PORTRANGE_STATS", &stats)
         .run();
     out.assert_success();
-    let results = out.connects();
-    assert_eq!(results.len(), 31, "{}", out.dump());
-    for (i, r) in results[..30].iter().enumerate() {
-        match r.result {
-            Ok(local) => assert!(
-                in_slice(local, SLICE_IP, lo, hi),
-                "connect #{i} got local {local}, outside the slice\n{}",
-                out.dump()
-            ),
-            Err(e) => panic!(
-                "connect #{i} to {} failed with errno {e}; a 10-port slice must serve 10 flows per destination\n{}",
-                r.dst,
-                out.dump()
-            ),
-        }
-    }
-    assert_eq!(
-        results[30].result,
-        Err(EADDRNOTAVAIL),
-        "the 11th connect to {} must fail with EADDRNOTAVAIL ({EADDRNOTAVAIL})\n{}",
-        results[30].dst,
-        out.dump()
-    );
+    expect_slice_fills_after(&out, 30, SLICE_IP, lo, hi, "auto");
     for rec in &recs {
         let ctx = format!("auto {}", rec.addr());
         let peers = expect_peers(rec, 10, &ctx, &out);
@@ -238,12 +202,7 @@ fn auto_outside_sysctl_range_serves_ten_flows_per_destination() {
 /// socket), then connected (EINPROGRESS, select, SO_ERROR). Prints `opt NAME BEFORE AFTER`.
 const PY_SWAP_WILDCARD: &str = r#"
 host, port = sys.argv[1], int(sys.argv[2])
-s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-fd = s.fileno()
-set_options(s)
-s.setblocking(False)
-ino0 = os.fstat(fd).st_ino
-before = state(s, fd)
+s, fd, ino0, before = fresh_socket()
 s.bind(("0.0.0.0", 0))
 print("bound %s %d" % s.getsockname())
 err, so_error = nb_connect(s, host, port)
@@ -263,30 +222,12 @@ print("echo", s.recv(4).decode())
 /// FD_CLOEXEC, TCP_NODELAY, SO_KEEPALIVE and SO_RCVBUF, and SO_REUSEADDR reads the program's 0.
 #[test]
 fn swap_after_wildcard_bind_keeps_fd_flags_and_options() {
-    let rec = Recorder::echo("127.0.0.1");
-    let (lo, hi) = slice_ports(10);
-    let dir = TempDir::new("retry-swap");
-    let stats = dir.path().join("stats.jsonl");
-    let out = Run::python(&format!("{PY_STATE}{PY_SWAP_WILDCARD}"))
-        .args([rec.ip(), rec.port().to_string()])
-        .slice(&slice_spec(SLICE_IP, lo, hi))
-        .env("PORTRANGE_STRATEGY", "retry")
-        .env("PORTRANGE_STATS", &stats)
-        .run();
-    out.assert_success();
+    let (out, peer) = forced_swap_run(&format!("{PY_STATE}{PY_SWAP_WILDCARD}"), "wildcard swap");
     assert_eq!(out.expect_field("connect"), EINPROGRESS.to_string(), "{}", out.dump());
     assert_eq!(out.expect_field("so_error"), "0", "{}", out.dump());
     assert_eq!(out.expect_field("echo"), "ping", "{}", out.dump());
     expect_options_kept(&out, "opt", "wildcard swap");
-    let peers = expect_peers(&rec, 1, "wildcard swap", &out);
-    expect_in_slice(&peers, SLICE_IP, lo, hi, "wildcard swap", &out);
-    assert_eq!(out.expect_field("local"), format!("{} {}", peers[0].ip(), peers[0].port()), "{}", out.dump());
-    let line = one_stats_line(&stats, &out);
-    assert!(
-        json_number(&line, "swaps").unwrap_or(0) >= 1,
-        "the wildcard bind + getsockname must force a swap; stats: {line}\n{}",
-        out.dump()
-    );
+    assert_eq!(out.expect_field("local"), format!("{} {}", peer.ip(), peer.port()), "{}", out.dump());
     assert_eq!(out.expect_field("ino_changed"), "1", "a swap replaces the socket (inode)\n{}", out.dump());
 }
 
@@ -302,12 +243,7 @@ for i in range(nheld):
     print("held %s %d" % h.getsockname(), flush=True)
     held.append(h)
 for it in range(iters):
-    s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    fd = s.fileno()
-    set_options(s)
-    s.setblocking(False)
-    ino0 = os.fstat(fd).st_ino
-    before = state(s, fd)
+    s, fd, ino0, before = fresh_socket()
     err, so_error = nb_connect(s, host, port)
     print("connect", it, err, so_error)
     if so_error != 0:
@@ -440,18 +376,7 @@ except OSError as e:
 
 #[test]
 fn epoll_registration_survives_swap() {
-    let rec = Recorder::echo("127.0.0.1");
-    let (lo, hi) = slice_ports(10);
-    let dir = TempDir::new("retry-epoll");
-    let stats = dir.path().join("stats.jsonl");
-    let out = Run::python(PY_EPOLL_SWAP)
-        .args([rec.ip(), rec.port().to_string()])
-        .slice(&slice_spec(SLICE_IP, lo, hi))
-        .env("PORTRANGE_STRATEGY", "retry")
-        .env("PORTRANGE_STATS", &stats)
-        .timeout(Duration::from_secs(20))
-        .run();
-    out.assert_success();
+    let (out, _) = forced_swap_run(PY_EPOLL_SWAP, "epoll");
     for (key, want) in [
         ("connect", EINPROGRESS.to_string().as_str()),
         ("epollout", "1"),
@@ -463,10 +388,6 @@ fn epoll_registration_survives_swap() {
     ] {
         assert_eq!(out.expect_field(key), want, "{key}\n{}", out.dump());
     }
-    let peers = expect_peers(&rec, 1, "epoll", &out);
-    expect_in_slice(&peers, SLICE_IP, lo, hi, "epoll", &out);
-    let line = one_stats_line(&stats, &out);
-    assert!(json_number(&line, "swaps").unwrap_or(0) >= 1, "no swap happened: {line}\n{}", out.dump());
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -480,11 +401,6 @@ fn nginx_bin() -> Option<PathBuf> {
     }
     let p = PathBuf::from("/usr/sbin/nginx");
     p.exists().then_some(p)
-}
-
-/// A free TCP port on 127.0.0.1 for a program to listen on.
-fn free_listen_port() -> u16 {
-    bind_listener(LOCALHOST_V4).local_addr().expect("local_addr").port()
 }
 
 /// A process group killed (SIGKILL) and reaped on drop.
@@ -506,19 +422,15 @@ host, port, n, flag = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[
 held = []
 for i in range(n):
     s = socket.socket()
-    try:
-        s.connect((host, port))
-        name = s.getsockname()
-        print("RESULT tcp %s %d ok %s %d" % (host, port, name[0], name[1]), flush=True)
+    line, ok = tcp_result(s, host, port)
+    print(line, flush=True)
+    if ok:
         held.append(s)
-    except OSError as e:
-        print("RESULT tcp %s %d err %d" % (host, port, e.errno or -1), flush=True)
-        s.close()
 deadline = time.time() + 60
 while not os.path.exists(flag) and time.time() < deadline:
     time.sleep(0.05)
 "#;
-    let run = Run::python(code)
+    let run = py_tcp_result(code)
         .args([rec.ip(), rec.port().to_string(), n.to_string(), release.display().to_string()])
         .slice(spec)
         .env("PORTRANGE_STRATEGY", "retry")
@@ -703,35 +615,14 @@ fn reserved_ports_are_skipped() {
             let list = reserved.map(|p| p.to_string()).join(",");
             sh(&["sysctl", "-q", "-w", &format!("net.ipv4.ip_local_reserved_ports={list}")]);
             assert_eq!(sysctl("net/ipv4/ip_local_reserved_ports").as_deref(), Some(list.as_str()));
-            let port = rec.port().to_string();
-            let mut args = Vec::new();
-            for _ in 0..8 {
-                args.extend(["tcp", "127.0.0.1", port.as_str()]);
-            }
-            let out = py_connect(&args)
+            let out = py_connect_tcp(&[(&rec, 8)])
                 .slice(&slice_spec(SLICE_IP, lo, hi))
                 .env("PORTRANGE_STRATEGY", strategy)
                 .run();
             out.assert_success();
             let ctx = format!("{strategy}, reserved {list}");
-            let results = out.connects();
-            assert_eq!(results.len(), 8, "[{ctx}]\n{}", out.dump());
-            for (i, r) in results[..7].iter().enumerate() {
-                let local = r.result.unwrap_or_else(|e| {
-                    panic!("[{ctx}] connect #{i} failed with errno {e}; 7 ports are free\n{}", out.dump())
-                });
-                assert!(
-                    in_slice(local, SLICE_IP, lo, hi),
-                    "[{ctx}] connect #{i} from {local}\n{}",
-                    out.dump()
-                );
-            }
-            assert_eq!(
-                results[7].result,
-                Err(EADDRNOTAVAIL),
-                "[{ctx}] the 8th connect must fail: the 7 unreserved ports are in use\n{}",
-                out.dump()
-            );
+            // 7 ports are free; the 8th connect fails: the 7 unreserved ports are in use.
+            expect_slice_fills_after(&out, 7, SLICE_IP, lo, hi, &ctx);
             let peers = expect_peers(&rec, 7, &ctx, &out);
             expect_in_slice(&peers, SLICE_IP, lo, hi, &ctx, &out);
             expect_distinct_ports(&peers, &ctx, &out);
@@ -955,14 +846,10 @@ if tw_count() < len(first):
 held = []
 for i in range(10):
     s = socket.socket()
-    try:
-        s.connect((host, port))
-        name = s.getsockname()
-        print("RESULT tcp %s %d ok %s %d" % (host, port, name[0], name[1]), flush=True)
+    line, ok = tcp_result(s, host, port)
+    print(line, flush=True)
+    if ok:
         held.append(s)
-    except OSError as e:
-        print("RESULT tcp %s %d err %d" % (host, port, e.errno or -1), flush=True)
-        s.close()
 "#;
 
 /// Client closes first, so each slice port holds a TIME_WAIT 4-tuple to the server for 60 s
@@ -982,7 +869,7 @@ fn time_wait_tuples_are_reused_by_retry_not_by_kernel() {
         let (lo, hi) = slice_ports(10);
         let dir = TempDir::new("retry-tw");
         let stats = dir.path().join("stats.jsonl");
-        let run = Run::python(PY_TIME_WAIT_CLIENT)
+        let run = py_tcp_result(PY_TIME_WAIT_CLIENT)
             .args([SERVER_IP.to_string(), SERVER_PORT.to_string(), lo.to_string(), hi.to_string()])
             .slice(&slice_spec(CLIENT_IP, lo, hi))
             .env("PORTRANGE_STRATEGY", strategy)
@@ -1107,19 +994,15 @@ host, port, nthreads, per = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int
 
 def one():
     s = socket.socket()
-    try:
-        s.connect((host, port))
-    except OSError as e:
-        s.close()
-        return "RESULT tcp %s %d err %d" % (host, port, e.errno or -1)
-    name = s.getsockname()
-    try:
-        while s.recv(4096):
+    line, ok = tcp_result(s, host, port)
+    if ok:
+        try:
+            while s.recv(4096):
+                pass
+        except OSError:
             pass
-    except OSError:
-        pass
-    s.close()
-    return "RESULT tcp %s %d ok %s %d" % (host, port, name[0], name[1])
+        s.close()
+    return line
 
 print("warmup", one())
 fds0 = len(os.listdir("/proc/self/fd"))
@@ -1152,7 +1035,7 @@ fn threads_case(precheck_off: bool) {
     let (lo, hi) = slice_ports(64);
     let dir = TempDir::new("retry-threads");
     let stats = dir.path().join("stats.jsonl");
-    let out = Run::python(PY_THREADS)
+    let out = py_tcp_result(PY_THREADS)
         .args([
             server.addr.ip().to_string(),
             server.addr.port().to_string(),

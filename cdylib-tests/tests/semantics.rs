@@ -3,19 +3,6 @@
 //! ([`tcp_strategies`]), each run with a fresh slice and fresh recorders.
 
 use cdylib_tests::*;
-use std::net::SocketAddr;
-
-const SLICE_IP: &str = "127.0.0.2";
-
-/// Assert the peer saw `peer` inside the slice `SLICE_IP:lo-hi`.
-#[track_caller]
-fn expect_in_slice(peer: SocketAddr, lo: u16, hi: u16, ctx: &str, out: &Output) {
-    assert!(
-        in_slice(peer, SLICE_IP, lo, hi),
-        "[{ctx}] peer saw {peer}, expected a source inside the slice {SLICE_IP}:{lo}-{hi}\n{}",
-        out.dump()
-    );
-}
 
 #[test]
 fn nonblocking_connect_is_placed() {
@@ -43,31 +30,24 @@ while True:
     data += b
 print("reply", data.split(b"\r\n")[0].decode())
 "#;
-    for strategy in tcp_strategies() {
-        let rec = Recorder::http("127.0.0.1");
-        let (lo, hi) = slice_ports(10);
-        let out = Run::python(code)
-            .arg(rec.port().to_string())
-            .slice(&slice_spec(SLICE_IP, lo, hi))
-            .env("PORTRANGE_STRATEGY", strategy)
-            .run();
-        out.assert_success();
-        assert_eq!(
-            out.expect_field("connect_ex"),
-            EINPROGRESS.to_string(),
-            "[{strategy}] non-blocking connect must report EINPROGRESS\n{}",
-            out.dump()
-        );
-        assert_eq!(out.expect_field("writable"), "1", "[{strategy}]\n{}", out.dump());
-        assert_eq!(out.expect_field("so_error"), "0", "[{strategy}]\n{}", out.dump());
-        assert_eq!(out.expect_field("same_fd"), "1", "[{strategy}]\n{}", out.dump());
-        assert_eq!(out.expect_field("nonblock"), "1", "[{strategy}] O_NONBLOCK lost\n{}", out.dump());
-        assert_eq!(out.expect_field("cloexec"), "1", "[{strategy}] FD_CLOEXEC lost\n{}", out.dump());
-        assert_eq!(out.expect_field("reply"), "HTTP/1.1 200 OK", "[{strategy}]\n{}", out.dump());
-        let peers = rec.wait_for(1, PEER_WAIT);
-        assert_eq!(peers.len(), 1, "[{strategy}]\n{}", out.dump());
-        expect_in_slice(peers[0], lo, hi, strategy, &out);
-    }
+    one_flow_per_strategy(
+        Mode::Http,
+        |rec| Run::python(code).arg(rec.port().to_string()),
+        |out, _, strategy| {
+            assert_eq!(
+                out.expect_field("connect_ex"),
+                EINPROGRESS.to_string(),
+                "[{strategy}] non-blocking connect must report EINPROGRESS\n{}",
+                out.dump()
+            );
+            assert_eq!(out.expect_field("writable"), "1", "[{strategy}]\n{}", out.dump());
+            assert_eq!(out.expect_field("so_error"), "0", "[{strategy}]\n{}", out.dump());
+            assert_eq!(out.expect_field("same_fd"), "1", "[{strategy}]\n{}", out.dump());
+            assert_eq!(out.expect_field("nonblock"), "1", "[{strategy}] O_NONBLOCK lost\n{}", out.dump());
+            assert_eq!(out.expect_field("cloexec"), "1", "[{strategy}] FD_CLOEXEC lost\n{}", out.dump());
+            assert_eq!(out.expect_field("reply"), "HTTP/1.1 200 OK", "[{strategy}]\n{}", out.dump());
+        },
+    );
 }
 
 /// A connect to a closed port fails exactly as without the shim (blocking: ECONNREFUSED;
@@ -86,13 +66,7 @@ select.select([], [s], [], 10)
 print("so_error", s.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR))
 "#;
     for strategy in tcp_strategies() {
-        // A listen-pool port that is free (the allocator hands it to nobody else).
-        let closed = {
-            let l = bind_listener(LOCALHOST_V4);
-            let p = l.local_addr().unwrap().port();
-            drop(l);
-            p
-        };
+        let closed = free_listen_port();
         let (lo, hi) = slice_ports(10);
         let base = Run::python(code).arg(closed.to_string()).no_preload().run();
         base.assert_success();
@@ -131,26 +105,19 @@ e = ctypes.get_errno()
 print("ret", r)
 print("errno", e)
 "#;
-    for strategy in tcp_strategies() {
-        let rec = Recorder::hold("127.0.0.1");
-        let (lo, hi) = slice_ports(10);
-        let out = Run::python(code)
-            .arg(rec.port().to_string())
-            .slice(&slice_spec(SLICE_IP, lo, hi))
-            .env("PORTRANGE_STRATEGY", strategy)
-            .run();
-        out.assert_success();
-        assert_eq!(out.expect_field("ret"), "0", "[{strategy}]\n{}", out.dump());
-        assert_eq!(
-            out.expect_field("errno"),
-            "4242",
-            "[{strategy}] errno changed by a successful connect\n{}",
-            out.dump()
-        );
-        let peers = rec.wait_for(1, PEER_WAIT);
-        assert_eq!(peers.len(), 1, "[{strategy}]\n{}", out.dump());
-        expect_in_slice(peers[0], lo, hi, strategy, &out);
-    }
+    one_flow_per_strategy(
+        Mode::Hold,
+        |rec| Run::python(code).arg(rec.port().to_string()),
+        |out, _, strategy| {
+            assert_eq!(out.expect_field("ret"), "0", "[{strategy}]\n{}", out.dump());
+            assert_eq!(
+                out.expect_field("errno"),
+                "4242",
+                "[{strategy}] errno changed by a successful connect\n{}",
+                out.dump()
+            );
+        },
+    );
 }
 
 /// A slice outside net.ipv4.ip_local_port_range: the kernel would silently clamp it. Whatever
@@ -176,10 +143,10 @@ fn slice_outside_sysctl_range_never_escapes() {
             continue;
         }
         let recs = [Recorder::hold("127.0.0.1"), Recorder::hold("127.0.0.3")];
-        let (p1, p3) = (recs[0].port().to_string(), recs[1].port().to_string());
-        let args = ["tcp", "127.0.0.1", &p1, "tcp", "127.0.0.1", &p1, "tcp", "127.0.0.3", &p3];
-        let out =
-            py_connect(&args).slice(&slice_spec(SLICE_IP, lo, hi)).env("PORTRANGE_STRATEGY", strategy).run();
+        let out = py_connect_tcp(&[(&recs[0], 2), (&recs[1], 1)])
+            .slice(&slice_spec(SLICE_IP, lo, hi))
+            .env("PORTRANGE_STRATEGY", strategy)
+            .run();
         out.assert_success();
         let results = out.connects();
         assert_eq!(results.len(), 3, "[{strategy}]\n{}", out.dump());
@@ -271,31 +238,24 @@ print("reuseaddr", s.getsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR))
 print("bind_address_no_port", s.getsockopt(socket.IPPROTO_IP, 24))
 print("local_port_range", s.getsockopt(socket.IPPROTO_IP, 51))
 "#;
-    for strategy in tcp_strategies() {
-        let rec = Recorder::hold("127.0.0.1");
-        let (lo, hi) = slice_ports(10);
-        let out = Run::python(code)
-            .arg(rec.port().to_string())
-            .slice(&slice_spec(SLICE_IP, lo, hi))
-            .env("PORTRANGE_STRATEGY", strategy)
-            .run();
-        out.assert_success();
-        for (key, want) in [
-            ("connect_ex", EINPROGRESS.to_string().as_str()),
-            ("epoll_out", "1"),
-            ("so_error", "0"),
-            ("nodelay", "1"),
-            ("keepalive", "1"),
-            ("reuseaddr", "0"),
-            ("bind_address_no_port", "0"),
-            ("local_port_range", "0"),
-        ] {
-            assert_eq!(out.expect_field(key), want, "[{strategy}] {key}\n{}", out.dump());
-        }
-        let peers = rec.wait_for(1, PEER_WAIT);
-        assert_eq!(peers.len(), 1, "[{strategy}]\n{}", out.dump());
-        expect_in_slice(peers[0], lo, hi, strategy, &out);
-    }
+    one_flow_per_strategy(
+        Mode::Hold,
+        |rec| Run::python(code).arg(rec.port().to_string()),
+        |out, _, strategy| {
+            for (key, want) in [
+                ("connect_ex", EINPROGRESS.to_string().as_str()),
+                ("epoll_out", "1"),
+                ("so_error", "0"),
+                ("nodelay", "1"),
+                ("keepalive", "1"),
+                ("reuseaddr", "0"),
+                ("bind_address_no_port", "0"),
+                ("local_port_range", "0"),
+            ] {
+                assert_eq!(out.expect_field(key), want, "[{strategy}] {key}\n{}", out.dump());
+            }
+        },
+    );
 }
 
 /// The sysctl may change after the program started (the kernel then silently clamps the
@@ -313,13 +273,10 @@ open("/proc/sys/net/ipv4/ip_local_port_range", "w").write("61000 61100")
 held = []
 for i in range(3):
     s = socket.socket()
-    try:
-        s.connect(("127.0.0.1", int(sys.argv[1])))
-        name = s.getsockname()
-        print("RESULT tcp 127.0.0.1 %s ok %s %d" % (sys.argv[1], name[0], name[1]), flush=True)
+    line, ok = tcp_result(s, "127.0.0.1", int(sys.argv[1]))
+    print(line, flush=True)
+    if ok:
         held.append(s)
-    except OSError as e:
-        print("RESULT tcp 127.0.0.1 %s err %d" % (sys.argv[1], e.errno), flush=True)
 time.sleep(3)
 "#;
     for strategy in tcp_strategies() {
@@ -328,7 +285,7 @@ time.sleep(3)
             let rec = Recorder::bytes("127.0.0.1");
             let (lo, hi) = slice_ports(10);
             let start = std::time::Instant::now();
-            let out = Run::python(code)
+            let out = py_tcp_result(code)
                 .arg(rec.port().to_string())
                 .slice(&slice_spec(SLICE_IP, lo, hi))
                 .env("PORTRANGE_STRATEGY", strategy)
@@ -378,13 +335,7 @@ time.sleep(3)
             );
             if strategy == "retry" {
                 // The retry strategy binds slice ports explicitly: the kernel never picks a port.
-                for p in &peers {
-                    assert!(
-                        in_slice(*p, SLICE_IP, lo, hi),
-                        "[{strategy}] the peer saw {p}, outside the slice {SLICE_IP}:{lo}-{hi}\n{}",
-                        out.dump()
-                    );
-                }
+                expect_in_slice(&peers, SLICE_IP, lo, hi, strategy, &out);
             }
             for c in rec.connections() {
                 if in_slice(c.peer, SLICE_IP, lo, hi) {

@@ -5,57 +5,42 @@
 use cdylib_tests::*;
 use std::net::SocketAddr;
 
-const SLICE_IP: &str = "127.0.0.2";
-
-/// Assert the peer saw `peer` inside the slice `ip:lo-hi`.
-#[track_caller]
-fn expect_in_slice(peer: SocketAddr, ip: &str, lo: u16, hi: u16, ctx: &str, out: &Output) {
-    assert!(
-        in_slice(peer, ip, lo, hi),
-        "[{ctx}] peer saw {peer}, expected a source inside the slice {ip}:{lo}-{hi}\n{}",
-        out.dump()
-    );
-}
-
-/// Assert the peer saw `peer` outside the slice `ip:lo-hi` (a flow left alone).
-#[track_caller]
-fn expect_not_in_slice(peer: SocketAddr, ip: &str, lo: u16, hi: u16, ctx: &str, out: &Output) {
-    assert!(
-        !in_slice(peer, ip, lo, hi),
-        "[{ctx}] peer saw {peer}, inside the slice {ip}:{lo}-{hi}, but this flow should have been left alone\n{}",
-        out.dump()
-    );
+/// One process under `strategy`, with PORTRANGE_SKIP=`skip` and a fresh slice on [`SLICE_IP`],
+/// connects to a fresh recorder on `skipped_ip`, then to one on `placed_ip`. Asserts each
+/// recorder saw one flow: the first left alone (outside the slice), the second placed. Returns
+/// the run and the source the skipped recorder saw.
+fn skip_case(strategy: &str, skip: &str, skipped_ip: &str, placed_ip: &str) -> (Output, SocketAddr) {
+    let skipped = Recorder::hold(skipped_ip);
+    let placed = Recorder::hold(placed_ip);
+    let (lo, hi) = slice_ports(10);
+    let out = py_connect_tcp(&[(&skipped, 1), (&placed, 1)])
+        .slice(&slice_spec(SLICE_IP, lo, hi))
+        .env("PORTRANGE_SKIP", skip)
+        .env("PORTRANGE_STRATEGY", strategy)
+        .run();
+    out.assert_success();
+    let s = skipped.wait_for(1, PEER_WAIT);
+    let p = placed.wait_for(1, PEER_WAIT);
+    assert_eq!((s.len(), p.len()), (1, 1), "[{strategy}]\n{}", out.dump());
+    expect_not_in_slice(&s, SLICE_IP, lo, hi, strategy, &out);
+    expect_in_slice(&p, SLICE_IP, lo, hi, strategy, &out);
+    (out, s[0])
 }
 
 /// PORTRANGE_SKIP=127.0.0.3/32: a flow to 127.0.0.3 is left alone, one to 127.0.0.1 is placed.
 #[test]
 fn explicit_skip_leaves_destination_alone() {
     for strategy in tcp_strategies() {
-        let skipped = Recorder::hold("127.0.0.3");
-        let placed = Recorder::hold("127.0.0.1");
-        let (lo, hi) = slice_ports(10);
-        let (ps, pp) = (skipped.port().to_string(), placed.port().to_string());
-        let out = py_connect(&["tcp", "127.0.0.3", &ps, "tcp", "127.0.0.1", &pp])
-            .slice(&slice_spec(SLICE_IP, lo, hi))
-            .env("PORTRANGE_SKIP", "127.0.0.3/32")
-            .env("PORTRANGE_STRATEGY", strategy)
-            .run();
-        out.assert_success();
+        let (out, skipped) = skip_case(strategy, "127.0.0.3/32", "127.0.0.3", "127.0.0.1");
         for r in out.connects() {
             assert!(r.result.is_ok(), "[{strategy}] {r:?}\n{}", out.dump());
         }
-        let s = skipped.wait_for(1, PEER_WAIT);
-        let p = placed.wait_for(1, PEER_WAIT);
-        assert_eq!((s.len(), p.len()), (1, 1), "[{strategy}]\n{}", out.dump());
-        expect_not_in_slice(s[0], SLICE_IP, lo, hi, strategy, &out);
         assert_ne!(
-            s[0].ip().to_string(),
+            skipped.ip().to_string(),
             SLICE_IP,
-            "[{strategy}] skipped flow was bound to the slice IP: {}\n{}",
-            s[0],
+            "[{strategy}] skipped flow was bound to the slice IP: {skipped}\n{}",
             out.dump()
         );
-        expect_in_slice(p[0], SLICE_IP, lo, hi, strategy, &out);
     }
 }
 
@@ -63,21 +48,7 @@ fn explicit_skip_leaves_destination_alone() {
 #[test]
 fn bare_address_skip() {
     for strategy in tcp_strategies() {
-        let skipped = Recorder::hold("127.0.0.3");
-        let other = Recorder::hold("127.0.0.4");
-        let (lo, hi) = slice_ports(10);
-        let (ps, po) = (skipped.port().to_string(), other.port().to_string());
-        let out = py_connect(&["tcp", "127.0.0.3", &ps, "tcp", "127.0.0.4", &po])
-            .slice(&slice_spec(SLICE_IP, lo, hi))
-            .env("PORTRANGE_SKIP", " 127.0.0.3 , 2001:db8::/32")
-            .env("PORTRANGE_STRATEGY", strategy)
-            .run();
-        out.assert_success();
-        let s = skipped.wait_for(1, PEER_WAIT);
-        let o = other.wait_for(1, PEER_WAIT);
-        assert_eq!((s.len(), o.len()), (1, 1), "[{strategy}]\n{}", out.dump());
-        expect_not_in_slice(s[0], SLICE_IP, lo, hi, strategy, &out);
-        expect_in_slice(o[0], SLICE_IP, lo, hi, strategy, &out);
+        skip_case(strategy, " 127.0.0.3 , 2001:db8::/32", "127.0.0.3", "127.0.0.4");
     }
 }
 
@@ -94,8 +65,7 @@ fn default_skip_leaves_loopback_alone() {
             let placed = Recorder::hold(NS_IP);
             let loopback = Recorder::hold("127.0.0.1");
             let (lo, hi) = slice_ports(10);
-            let (pp, pl) = (placed.port().to_string(), loopback.port().to_string());
-            let out = py_connect(&["tcp", NS_IP, &pp, "tcp", "127.0.0.1", &pl])
+            let out = py_connect_tcp(&[(&placed, 1), (&loopback, 1)])
                 .slice(&slice_spec(NS_IP, lo, hi))
                 .env("PORTRANGE_STRATEGY", strategy)
                 .run();
@@ -106,8 +76,8 @@ fn default_skip_leaves_loopback_alone() {
             let p = placed.wait_for(1, PEER_WAIT);
             let l = loopback.wait_for(1, PEER_WAIT);
             assert_eq!((p.len(), l.len()), (1, 1), "[{strategy}]\n{}", out.dump());
-            expect_in_slice(p[0], NS_IP, lo, hi, strategy, &out);
-            expect_not_in_slice(l[0], NS_IP, lo, hi, strategy, &out);
+            expect_in_slice(&p, NS_IP, lo, hi, strategy, &out);
+            expect_not_in_slice(&l, NS_IP, lo, hi, strategy, &out);
             assert_eq!(
                 l[0].ip().to_string(),
                 "127.0.0.1",
@@ -126,7 +96,7 @@ fn default_skip_leaves_loopback_alone() {
             out.assert_success();
             let l2 = loopback2.wait_for(1, PEER_WAIT);
             assert_eq!(l2.len(), 1, "[{strategy}]\n{}", out.dump());
-            expect_in_slice(l2[0], NS_IP, lo2, hi2, strategy, &out);
+            expect_in_slice(&l2, NS_IP, lo2, hi2, strategy, &out);
         }
     });
 }
@@ -138,26 +108,18 @@ fn no_slice_of_the_family_is_left_alone() {
     for strategy in tcp_strategies() {
         let v4 = Recorder::hold("127.0.0.1");
         let v6 = Recorder::hold("::1");
-        let (lo, hi) = slice_ports(10);
-        let out = py_connect(&["tcp", "127.0.0.1", &v4.port().to_string()])
-            .slice(&slice_spec("::1", lo, hi))
-            .env("PORTRANGE_STRATEGY", strategy)
-            .run();
-        out.assert_success();
-        assert!(out.connects()[0].result.is_ok(), "[{strategy}]\n{}", out.dump());
-        let p = v4.wait_for(1, PEER_WAIT);
-        assert_eq!(p.len(), 1, "[{strategy}]\n{}", out.dump());
-        assert_eq!(p[0].ip().to_string(), "127.0.0.1", "[{strategy}]\n{}", out.dump());
-
-        let (lo, hi) = slice_ports(10);
-        let out = py_connect(&["tcp", "::1", &v6.port().to_string()])
-            .slice(&slice_spec(SLICE_IP, lo, hi))
-            .env("PORTRANGE_STRATEGY", strategy)
-            .run();
-        out.assert_success();
-        assert!(out.connects()[0].result.is_ok(), "[{strategy}]\n{}", out.dump());
-        let p = v6.wait_for(1, PEER_WAIT);
-        assert_eq!(p.len(), 1, "[{strategy}]\n{}", out.dump());
-        assert_eq!(p[0].ip().to_string(), "::1", "[{strategy}]\n{}", out.dump());
+        // A flow to each recorder, under a slice of the other family only.
+        for (rec, slice_ip) in [(&v4, "::1"), (&v6, SLICE_IP)] {
+            let (lo, hi) = slice_ports(10);
+            let out = py_connect_tcp(&[(rec, 1)])
+                .slice(&slice_spec(slice_ip, lo, hi))
+                .env("PORTRANGE_STRATEGY", strategy)
+                .run();
+            out.assert_success();
+            assert!(out.connects()[0].result.is_ok(), "[{strategy}]\n{}", out.dump());
+            let p = rec.wait_for(1, PEER_WAIT);
+            assert_eq!(p.len(), 1, "[{strategy}]\n{}", out.dump());
+            assert_eq!(p[0].ip().to_string(), rec.ip(), "[{strategy}]\n{}", out.dump());
+        }
     }
 }

@@ -5,51 +5,40 @@ use cdylib_tests::*;
 use std::net::SocketAddr;
 use std::time::Duration;
 
-const SLICE_IP: &str = "127.0.0.2";
-
-/// Assert `rec` saw exactly `n` peers, all inside the slice.
+/// The checks of the HTTP clients that print `status` and `body`.
 #[track_caller]
-fn assert_peers_in_slice(
-    rec: &Recorder,
-    n: usize,
-    lo: u16,
-    hi: u16,
-    ctx: &str,
-    out: &Output,
-) -> Vec<SocketAddr> {
-    let peers = rec.wait_for(n, PEER_WAIT);
+fn expect_http_ok(out: &Output, _peer: SocketAddr, strategy: &str) {
+    assert_eq!(out.expect_field("status"), "200", "[{strategy}]\n{}", out.dump());
+    assert_eq!(out.expect_field("body"), "ok", "[{strategy}]\n{}", out.dump());
+}
+
+/// The check of the echo clients, which send `ping` and print the `echo`.
+#[track_caller]
+fn expect_echo_ping(out: &Output, _peer: SocketAddr, strategy: &str) {
+    assert_eq!(out.expect_field("echo"), "ping", "[{strategy}]\n{}", out.dump());
+}
+
+/// The checks of the echo clients that also print `local IP PORT` (their getsockname()): the
+/// echo came back, and the program's local address is what the peer saw.
+#[track_caller]
+fn expect_echo_from_peer(out: &Output, peer: SocketAddr, strategy: &str) {
+    expect_echo_ping(out, peer, strategy);
     assert_eq!(
-        peers.len(),
-        n,
-        "[{ctx}] recorder {} saw {peers:?}, expected {n} connection(s)\n{}",
-        rec.addr(),
+        out.expect_field("local"),
+        format!("{} {}", peer.ip(), peer.port()),
+        "[{strategy}] the program's getsockname() differs from what the peer saw\n{}",
         out.dump()
     );
-    for p in &peers {
-        assert!(
-            in_slice(*p, SLICE_IP, lo, hi),
-            "[{ctx}] peer saw {p}, outside the slice {SLICE_IP}:{lo}-{hi}\n{}",
-            out.dump()
-        );
-    }
-    peers
 }
 
 #[test]
 fn curl_is_placed() {
     require!("curl");
-    for strategy in tcp_strategies() {
-        let rec = Recorder::http("127.0.0.1");
-        let (lo, hi) = slice_ports(10);
-        let out = Run::new("curl")
-            .args(["-sS", "--max-time", "20", &rec.url()])
-            .slice(&slice_spec(SLICE_IP, lo, hi))
-            .env("PORTRANGE_STRATEGY", strategy)
-            .run();
-        out.assert_success();
-        assert_eq!(out.stdout, HTTP_BODY, "[{strategy}]\n{}", out.dump());
-        assert_peers_in_slice(&rec, 1, lo, hi, strategy, &out);
-    }
+    one_flow_per_strategy(
+        Mode::Http,
+        |rec| Run::new("curl").args(["-sS", "--max-time", "20", &rec.url()]),
+        |out, _, strategy| assert_eq!(out.stdout, HTTP_BODY, "[{strategy}]\n{}", out.dump()),
+    );
 }
 
 #[test]
@@ -60,19 +49,7 @@ r = urllib.request.urlopen(sys.argv[1], timeout=20)
 print("status", r.status)
 print("body", r.read().decode().strip())
 "#;
-    for strategy in tcp_strategies() {
-        let rec = Recorder::http("127.0.0.1");
-        let (lo, hi) = slice_ports(10);
-        let out = Run::python(code)
-            .arg(rec.url())
-            .slice(&slice_spec(SLICE_IP, lo, hi))
-            .env("PORTRANGE_STRATEGY", strategy)
-            .run();
-        out.assert_success();
-        assert_eq!(out.expect_field("status"), "200", "[{strategy}]\n{}", out.dump());
-        assert_eq!(out.expect_field("body"), "ok", "[{strategy}]\n{}", out.dump());
-        assert_peers_in_slice(&rec, 1, lo, hi, strategy, &out);
-    }
+    one_flow_per_strategy(Mode::Http, |rec| Run::python(code).arg(rec.url()), expect_http_ok);
 }
 
 #[test]
@@ -85,25 +62,11 @@ print("local", "%s %d" % s.getsockname())
 s.sendall(b"ping")
 print("echo", s.recv(4).decode())
 "#;
-    for strategy in tcp_strategies() {
-        let rec = Recorder::echo("127.0.0.1");
-        let (lo, hi) = slice_ports(10);
-        let out = Run::python(code)
-            .arg(rec.port().to_string())
-            .slice(&slice_spec(SLICE_IP, lo, hi))
-            .env("PORTRANGE_STRATEGY", strategy)
-            .run();
-        out.assert_success();
-        assert_eq!(out.expect_field("echo"), "ping", "[{strategy}]\n{}", out.dump());
-        let peers = assert_peers_in_slice(&rec, 1, lo, hi, strategy, &out);
-        // getsockname() in the program agrees with what the peer saw.
-        assert_eq!(
-            out.expect_field("local"),
-            format!("{} {}", peers[0].ip(), peers[0].port()),
-            "[{strategy}]\n{}",
-            out.dump()
-        );
-    }
+    one_flow_per_strategy(
+        Mode::Echo,
+        |rec| Run::python(code).arg(rec.port().to_string()),
+        expect_echo_from_peer,
+    );
 }
 
 #[test]
@@ -119,24 +82,11 @@ const s = net.connect({ host: '127.0.0.1', port }, () => {
 s.on('data', (d) => { console.log('echo ' + d.toString()); s.end(); });
 s.on('error', (e) => { console.log('error ' + e.code); process.exit(3); });
 "#;
-    for strategy in tcp_strategies() {
-        let rec = Recorder::echo("127.0.0.1");
-        let (lo, hi) = slice_ports(10);
-        let out = Run::node(code)
-            .arg(rec.port().to_string())
-            .slice(&slice_spec(SLICE_IP, lo, hi))
-            .env("PORTRANGE_STRATEGY", strategy)
-            .run();
-        out.assert_success();
-        assert_eq!(out.expect_field("echo"), "ping", "[{strategy}]\n{}", out.dump());
-        let peers = assert_peers_in_slice(&rec, 1, lo, hi, strategy, &out);
-        assert_eq!(
-            out.expect_field("local"),
-            format!("{} {}", peers[0].ip(), peers[0].port()),
-            "[{strategy}]\n{}",
-            out.dump()
-        );
-    }
+    one_flow_per_strategy(
+        Mode::Echo,
+        |rec| Run::node(code).arg(rec.port().to_string()),
+        expect_echo_from_peer,
+    );
 }
 
 #[test]
@@ -150,19 +100,7 @@ http.get(process.argv[1], (res) => {
   res.on('end', () => { console.log('status ' + res.statusCode); console.log('body ' + body.trim()); });
 }).on('error', (e) => { console.log('error ' + e.code); process.exit(3); });
 "#;
-    for strategy in tcp_strategies() {
-        let rec = Recorder::http("127.0.0.1");
-        let (lo, hi) = slice_ports(10);
-        let out = Run::node(code)
-            .arg(rec.url())
-            .slice(&slice_spec(SLICE_IP, lo, hi))
-            .env("PORTRANGE_STRATEGY", strategy)
-            .run();
-        out.assert_success();
-        assert_eq!(out.expect_field("status"), "200", "[{strategy}]\n{}", out.dump());
-        assert_eq!(out.expect_field("body"), "ok", "[{strategy}]\n{}", out.dump());
-        assert_peers_in_slice(&rec, 1, lo, hi, strategy, &out);
-    }
+    one_flow_per_strategy(Mode::Http, |rec| Run::node(code).arg(rec.url()), expect_http_ok);
 }
 
 /// Java's sockets are AF_INET6 (dual stack) and connect to `::ffff:127.0.0.1`.
@@ -222,36 +160,22 @@ fn java_client(classes: &TempDir) -> Run {
 fn java_socket_is_placed() {
     require!("java", "javac");
     let classes = compile_java_client();
-    for strategy in tcp_strategies() {
-        let rec = Recorder::echo("127.0.0.1");
-        let (lo, hi) = slice_ports(10);
-        let out = java_client(&classes)
-            .args(["socket", &rec.port().to_string()])
-            .slice(&slice_spec(SLICE_IP, lo, hi))
-            .env("PORTRANGE_STRATEGY", strategy)
-            .run();
-        out.assert_success();
-        assert_eq!(out.expect_field("echo"), "ping", "[{strategy}]\n{}", out.dump());
-        assert_peers_in_slice(&rec, 1, lo, hi, strategy, &out);
-    }
+    one_flow_per_strategy(
+        Mode::Echo,
+        |rec| java_client(&classes).args(["socket", &rec.port().to_string()]),
+        expect_echo_ping,
+    );
 }
 
 #[test]
 fn java_httpclient_is_placed() {
     require!("java", "javac");
     let classes = compile_java_client();
-    for strategy in tcp_strategies() {
-        let rec = Recorder::http("127.0.0.1");
-        let (lo, hi) = slice_ports(10);
-        let out = java_client(&classes)
-            .args(["http", &rec.port().to_string()])
-            .slice(&slice_spec(SLICE_IP, lo, hi))
-            .env("PORTRANGE_STRATEGY", strategy)
-            .run();
-        out.assert_success();
-        assert_eq!(out.expect_field("status"), "200", "[{strategy}]\n{}", out.dump());
-        assert_peers_in_slice(&rec, 1, lo, hi, strategy, &out);
-    }
+    one_flow_per_strategy(
+        Mode::Http,
+        |rec| java_client(&classes).args(["http", &rec.port().to_string()]),
+        |out, _, strategy| assert_eq!(out.expect_field("status"), "200", "[{strategy}]\n{}", out.dump()),
+    );
 }
 
 /// A 10-port slice serves 10 concurrent flows to each of 3 destinations (30 in all, one
@@ -261,57 +185,18 @@ fn ten_port_slice_serves_ten_flows_per_destination() {
     for strategy in tcp_strategies() {
         let recs = [Recorder::hold("127.0.0.1"), Recorder::hold("127.0.0.3"), Recorder::hold("127.0.0.4")];
         let (lo, hi) = slice_ports(10);
-        let mut args: Vec<String> = Vec::new();
-        for rec in &recs {
-            for _ in 0..10 {
-                args.extend(["tcp".to_string(), rec.ip(), rec.port().to_string()]);
-            }
-        }
-        args.extend(["tcp".to_string(), recs[0].ip(), recs[0].port().to_string()]);
-        let argv: Vec<&str> = args.iter().map(String::as_str).collect();
-        let out =
-            py_connect(&argv).slice(&slice_spec(SLICE_IP, lo, hi)).env("PORTRANGE_STRATEGY", strategy).run();
+        let out = py_connect_tcp(&[(&recs[0], 10), (&recs[1], 10), (&recs[2], 10), (&recs[0], 1)])
+            .slice(&slice_spec(SLICE_IP, lo, hi))
+            .env("PORTRANGE_STRATEGY", strategy)
+            .run();
         out.assert_success();
-        let results = out.connects();
-        assert_eq!(results.len(), 31, "[{strategy}]\n{}", out.dump());
-        for (i, r) in results[..30].iter().enumerate() {
-            match r.result {
-                Ok(local) => assert!(
-                    in_slice(local, SLICE_IP, lo, hi),
-                    "[{strategy}] connect #{i} got local {local}, outside the slice\n{}",
-                    out.dump()
-                ),
-                Err(e) => panic!(
-                    "[{strategy}] connect #{i} to {} failed with errno {e}; a 10-port slice must serve 10 flows per destination\n{}",
-                    r.dst,
-                    out.dump()
-                ),
-            }
-        }
-        assert_eq!(
-            results[30].result,
-            Err(EADDRNOTAVAIL),
-            "[{strategy}] the 11th connect to {} must fail with EADDRNOTAVAIL ({EADDRNOTAVAIL})\n{}",
-            results[30].dst,
-            out.dump()
-        );
+        expect_slice_fills_after(&out, 30, SLICE_IP, lo, hi, strategy);
+        // Exactly 10 each (after a settle): the failed 11th attempt never reached the peer.
         for rec in &recs {
-            let peers = rec.wait_for(10, PEER_WAIT);
-            assert_eq!(peers.len(), 10, "[{strategy}] {} saw {peers:?}\n{}", rec.addr(), out.dump());
-            let mut ports: Vec<u16> = peers.iter().map(|p| p.port()).collect();
-            ports.sort_unstable();
-            ports.dedup();
-            assert_eq!(ports.len(), 10, "[{strategy}] {} saw duplicate source ports {peers:?}", rec.addr());
-            for p in peers {
-                assert!(
-                    in_slice(p, SLICE_IP, lo, hi),
-                    "[{strategy}] peer saw {p}, expected a source inside the slice {SLICE_IP}:{lo}-{hi}\n{}",
-                    out.dump()
-                );
-            }
+            let peers = expect_peers(rec, 10, strategy, &out);
+            expect_distinct_ports(&peers, strategy, &out);
+            expect_in_slice(&peers, SLICE_IP, lo, hi, strategy, &out);
         }
-        // The failed 11th attempt never reached the peer.
-        assert_eq!(recs[0].settle().len(), 10, "[{strategy}]\n{}", out.dump());
     }
 }
 
@@ -320,8 +205,7 @@ fn ipv6_slice_is_placed() {
     for strategy in tcp_strategies() {
         let rec = Recorder::hold("::1");
         let (lo, hi) = slice_ports(10);
-        let port = rec.port().to_string();
-        let out = py_connect(&["tcp", "::1", &port, "tcp", "::1", &port])
+        let out = py_connect_tcp(&[(&rec, 2)])
             .slice(&slice_spec("::1", lo, hi))
             .env("PORTRANGE_STRATEGY", strategy)
             .run();
@@ -331,13 +215,7 @@ fn ipv6_slice_is_placed() {
         }
         let peers = rec.wait_for(2, PEER_WAIT);
         assert_eq!(peers.len(), 2, "[{strategy}] {peers:?}\n{}", out.dump());
-        for p in peers {
-            assert!(
-                in_slice(p, "::1", lo, hi),
-                "[{strategy}] peer saw {p}, expected a source inside the slice [::1]:{lo}-{hi}\n{}",
-                out.dump()
-            );
-        }
+        expect_in_slice(&peers, "::1", lo, hi, strategy, &out);
     }
 }
 
@@ -356,7 +234,9 @@ fn v4_mapped_destination_uses_v4_slice() {
         let local =
             r.result.unwrap_or_else(|e| panic!("[{strategy}] connect failed, errno {e}\n{}", out.dump()));
         assert!(in_slice(local, SLICE_IP, lo, hi), "[{strategy}] getsockname {local}\n{}", out.dump());
-        assert_peers_in_slice(&rec, 1, lo, hi, strategy, &out);
+        let peers = rec.wait_for(1, PEER_WAIT);
+        assert_eq!(peers.len(), 1, "[{strategy}] {peers:?}\n{}", out.dump());
+        expect_in_slice(&peers, SLICE_IP, lo, hi, strategy, &out);
     }
 }
 
@@ -369,12 +249,7 @@ fn several_slices_share_the_load() {
         let (lo1, hi1) = slice_ports(3);
         let (lo2, hi2) = slice_ports(3);
         let spec = format!("{},{}", slice_spec(SLICE_IP, lo1, hi1), slice_spec("127.0.0.5", lo2, hi2));
-        let port = rec.port().to_string();
-        let mut args = Vec::new();
-        for _ in 0..7 {
-            args.extend(["tcp", "127.0.0.1", port.as_str()]);
-        }
-        let out = py_connect(&args).slice(&spec).env("PORTRANGE_STRATEGY", strategy).run();
+        let out = py_connect_tcp(&[(&rec, 7)]).slice(&spec).env("PORTRANGE_STRATEGY", strategy).run();
         out.assert_success();
         let results = out.connects();
         for r in &results[..6] {

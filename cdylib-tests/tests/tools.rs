@@ -2,15 +2,11 @@
 
 use cdylib_tests::*;
 
-fn portrange() -> Run {
-    Run::new(bin_path()).no_preload().env("PORTRANGE_SO", so_path())
-}
-
 /// A valid configuration: exit 0, the slices, the strategy and why, the guard rules.
 #[test]
 fn check_explains_a_valid_configuration() {
     let (lo, hi) = slice_ports(16);
-    let out = portrange().arg("check").env("PORTRANGE", slice_spec("127.0.0.2", lo, hi)).run();
+    let out = Run::portrange().arg("check").env("PORTRANGE", slice_spec("127.0.0.2", lo, hi)).run();
     out.assert_success();
     let text = &out.stdout;
     assert!(text.contains(&format!("127.0.0.2:{lo}-{hi}")), "{}", out.dump());
@@ -28,7 +24,7 @@ fn check_explains_a_valid_configuration() {
 /// Flags override the environment; --json is one parseable object; invalid → exit 1.
 #[test]
 fn check_json_and_invalid_configurations() {
-    let out = portrange()
+    let out = Run::portrange()
         .args(["check", "--json", "--slice", "127.0.0.2:61000-61009", "--strategy", "kernel"])
         .env("PORTRANGE", "127.0.0.2:40000-40009")
         .run();
@@ -40,7 +36,7 @@ fn check_json_and_invalid_configurations() {
     assert!(j.contains("\"slice\":\"127.0.0.2:61000-61009\""), "the flag wins over the environment: {j}");
     assert!(j.contains("\"inside_sysctl_range\":false"), "{j}");
 
-    let out = portrange().args(["check", "--json"]).env("PORTRANGE", "127.0.0.2:40000-40009").run();
+    let out = Run::portrange().args(["check", "--json"]).env("PORTRANGE", "127.0.0.2:40000-40009").run();
     out.assert_success();
     assert!(
         out.stdout.contains("\"valid\":true") && out.stdout.contains("\"ip_assigned\":true"),
@@ -49,12 +45,12 @@ fn check_json_and_invalid_configurations() {
     );
 
     // A slice IP this host does not have is pointed out.
-    let out = portrange().args(["check", "--json"]).env("PORTRANGE", "198.51.100.77:40000-40009").run();
+    let out = Run::portrange().args(["check", "--json"]).env("PORTRANGE", "198.51.100.77:40000-40009").run();
     assert!(out.stdout.contains("\"ip_assigned\":false"), "{}", out.dump());
 
     for (var, value) in [("PORTRANGE", "1.2.3.4"), ("PORTRANGE_SKIP", "nope"), ("PORTRANGE_STRATEGY", "fast")]
     {
-        let mut run = portrange().arg("check").env(var, value);
+        let mut run = Run::portrange().arg("check").env(var, value);
         if var != "PORTRANGE" {
             run = run.env("PORTRANGE", "127.0.0.2:40000-40009");
         }
@@ -64,7 +60,7 @@ fn check_json_and_invalid_configurations() {
         assert!(out.stdout.contains("INVALID"), "{}", out.dump());
     }
     // Bad arguments: exit 2 with a message.
-    let out = portrange().args(["check", "--slice", "nope"]).run();
+    let out = Run::portrange().args(["check", "--slice", "nope"]).run();
     assert_eq!(out.code(), Some(2), "{}", out.dump());
     assert!(out.stderr.contains("--slice nope"), "{}", out.dump());
 }
@@ -72,7 +68,7 @@ fn check_json_and_invalid_configurations() {
 /// plan splits evenly around exclusions, and a planned slice places a real program's flow.
 #[test]
 fn plan_output_is_a_working_portrange() {
-    let out = portrange()
+    let out = Run::portrange()
         .args([
             "plan",
             "--ip",
@@ -98,13 +94,13 @@ fn plan_output_is_a_working_portrange() {
         vec!["plan", "--ip", "0.0.0.0", "--ports", "10-12", "--servers", "1"],
         vec!["plan", "--ports", "10-12", "--servers", "1"],
     ] {
-        let out = portrange().args(&bad).run();
+        let out = Run::portrange().args(&bad).run();
         assert_eq!(out.code(), Some(2), "{bad:?}\n{}", out.dump());
     }
 
     // Server 2 of 3 on a loopback range: its PORTRANGE value drives `exec`, and the peer sees it.
     let (lo, hi) = slice_ports(30);
-    let out = portrange()
+    let out = Run::portrange()
         .args([
             "plan",
             "--ip",
@@ -121,7 +117,7 @@ fn plan_output_is_a_working_portrange() {
     let value = out.stdout.trim().to_string();
     assert_eq!(value, format!("127.0.0.2:{}-{hi}", lo + 20), "{}", out.dump());
     let rec = Recorder::hold("127.0.0.1");
-    let out = portrange()
+    let out = Run::portrange()
         .args(["exec", "--slice", &value, "--"])
         .arg(python3())
         .args([

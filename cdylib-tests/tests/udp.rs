@@ -16,8 +16,6 @@ use std::sync::{Arc, Condvar, Mutex};
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-const SLICE_IP: &str = "127.0.0.2";
-
 // ---------------------------------------------------------------------------------------------
 // UDP echo recorder
 // ---------------------------------------------------------------------------------------------
@@ -345,40 +343,11 @@ fn expect_exact_replies(out: &Output, replies_per_socket: usize, ctx: &str) {
     assert_eq!(count(out, "good"), ok * replies_per_socket, "[{ctx}] good replies\n{}", out.dump());
 }
 
-/// Assert every source is `ip` with a port in `lo..=hi`.
-#[track_caller]
-fn expect_in_slice(sources: &[SocketAddr], ip: &str, lo: u16, hi: u16, ctx: &str, out: &Output) {
-    for p in sources {
-        assert!(
-            in_slice(*p, ip, lo, hi),
-            "[{ctx}] the server saw {p}, outside the slice {ip}:{lo}-{hi}\n{}",
-            out.dump()
-        );
-    }
-}
-
-/// The distinct ports of `addrs`, asserting none repeats.
-#[track_caller]
-fn distinct_ports(addrs: &[SocketAddr], ctx: &str, out: &Output) -> BTreeSet<u16> {
-    let ports: BTreeSet<u16> = addrs.iter().map(|a| a.port()).collect();
-    assert_eq!(ports.len(), addrs.len(), "[{ctx}] duplicate source ports among {addrs:?}\n{}", out.dump());
-    ports
-}
-
 /// The local addresses of the successful SOCK lines and the errnos of the others.
 fn split(lines: &[SockLine]) -> (Vec<SocketAddr>, Vec<i32>) {
     let ok = lines.iter().filter_map(|l| l.result.ok()).collect();
     let err = lines.iter().filter_map(|l| l.result.err()).collect();
     (ok, err)
-}
-
-/// The `ip port` value of the stdout line `key`, as an address.
-#[track_caller]
-fn parse_local(out: &Output, key: &str) -> SocketAddr {
-    let v = out.expect_field(key);
-    let parsed =
-        v.split_once(' ').and_then(|(ip, port)| Some(SocketAddr::new(ip.parse().ok()?, port.parse().ok()?)));
-    parsed.unwrap_or_else(|| panic!("bad `{key}` line {v:?}\n{}", out.dump()))
 }
 
 fn ports_of(lo: u16, hi: u16) -> BTreeSet<u16> {
@@ -460,7 +429,7 @@ fn connected_sockets_share_ports_across_servers() {
         let src = s.wait_sources(10);
         assert_eq!(src.len(), 10, "server {} saw {src:?}, expected 10 sources\n{}", s.addr, out.dump());
         expect_in_slice(&src, SLICE_IP, lo, hi, "connected", &out);
-        let ports = distinct_ports(&src, "connected", &out);
+        let ports = expect_distinct_ports(&src, "connected", &out);
         assert_eq!(
             ports,
             ports_of(lo, hi),
@@ -514,12 +483,12 @@ fn two_processes_race_for_one_slice() {
             all_ok.extend(ok);
         }
         assert_eq!(all_ok.len(), 20, "[{ctx}] expected exactly 20 of 30 sockets to succeed\n{}", dumps());
-        let ports = distinct_ports(&all_ok, &ctx, &outs[0]);
+        let ports = expect_distinct_ports(&all_ok, &ctx, &outs[0]);
         assert_eq!(ports, ports_of(lo, hi), "[{ctx}]\n{}", dumps());
         let src = server.wait_sources(20);
         assert_eq!(src.len(), 20, "[{ctx}] server saw {src:?}\n{}", dumps());
         expect_in_slice(&src, SLICE_IP, lo, hi, &ctx, &outs[0]);
-        distinct_ports(&src, &ctx, &outs[0]);
+        expect_distinct_ports(&src, &ctx, &outs[0]);
         println!(
             "[{ctx}] sockets that succeeded per process: {:?}",
             outs.iter().map(|o| count(o, "ok")).collect::<Vec<_>>()
@@ -737,7 +706,7 @@ print("u_second", name(u))
         .slice(&slice_spec(SLICE_IP, lo, hi))
         .run();
     out.assert_success();
-    let local = |key: &str| parse_local(&out, key);
+    let local = |key: &str| out.expect_addr(key);
     for key in ["first", "second", "u_first", "u_second"] {
         assert!(
             in_slice(local(key), SLICE_IP, lo, hi),
@@ -904,7 +873,7 @@ print("sendmmsg_reuse", reuse(c))
     out.assert_success();
     let mut locals = Vec::new();
     for call in ["sendto", "sendmsg", "sendmmsg"] {
-        let a = parse_local(&out, &format!("{call}_local"));
+        let a = out.expect_addr(&format!("{call}_local"));
         assert!(in_slice(a, SLICE_IP, lo, hi), "{call}: placed at {a}, outside the slice\n{}", out.dump());
         assert_eq!(out.expect_field(&format!("{call}_reply")), "ok", "{call}\n{}", out.dump());
         assert_eq!(out.expect_field(&format!("{call}_reuse")), "0", "{call}\n{}", out.dump());
@@ -912,7 +881,7 @@ print("sendmmsg_reuse", reuse(c))
     }
     assert_eq!(out.expect_field("sendto_again"), "ok", "{}", out.dump());
     assert_eq!(out.expect_field("sendmmsg_ret"), "2", "{}", out.dump());
-    distinct_ports(&locals, "owned ports", &out);
+    expect_distinct_ports(&locals, "owned ports", &out);
     let src = server.wait_sources(3);
     assert_eq!(src.len(), 3, "server saw {src:?}\n{}", out.dump());
     expect_in_slice(&src, SLICE_IP, lo, hi, "first sends", &out);
@@ -955,7 +924,7 @@ print("c_local", name(c))
     assert_eq!(out.expect_field("c_xchg"), "ok", "{}", out.dump());
     let src = server.wait_sources(2);
     assert_eq!(src.len(), 2, "{src:?}\n{}", out.dump());
-    let u = parse_local(&out, "u_local");
+    let u = out.expect_addr("u_local");
     assert!(src.contains(&u), "server never saw the unconnected socket {u}: {src:?}\n{}", out.dump());
     assert!(
         in_slice(u, SLICE_IP, lo, hi),
@@ -1067,14 +1036,14 @@ fn ipv6_and_v4_mapped_sockets_are_placed() {
         let src6 = s6.wait_sources(3);
         assert_eq!(src6.len(), 3, "[{ctx}] {src6:?}\n{}", out.dump());
         expect_in_slice(&src6, "::1", lo6, hi6, ctx, &out);
-        distinct_ports(&src6, ctx, &out);
+        expect_distinct_ports(&src6, ctx, &out);
         let src4 = s4.wait_sources(5);
         assert_eq!(src4.len(), 5, "[{ctx}] {src4:?}\n{}", out.dump());
         expect_in_slice(&src4, SLICE_IP, lo4, hi4, ctx, &out);
         for p in &src4 {
             assert!(p.is_ipv4(), "[{ctx}] the v4 server saw {p}");
         }
-        distinct_ports(&src4, ctx, &out);
+        expect_distinct_ports(&src4, ctx, &out);
     }
 }
 
@@ -1111,7 +1080,7 @@ fn reserved_ports_are_never_used() {
             let (ok, errs) = split(&lines);
             assert_eq!(errs, vec![EAGAIN], "[{ctx}] the 8th socket must get EAGAIN\n{}", out.dump());
             assert!(lines[7].result.is_err(), "[{ctx}]\n{}", out.dump());
-            let ports = distinct_ports(&ok, ctx, &out);
+            let ports = expect_distinct_ports(&ok, ctx, &out);
             assert_eq!(ports, free, "[{ctx}] reserved ports {reserved:?} used?\n{}", out.dump());
             expect_exact_replies(&out, if unconnected { 4 } else { 3 }, ctx);
             let src = server.wait_sources(7);
@@ -1191,11 +1160,11 @@ print("other_send", xchg(s, "other_send", dst), name(s))
         placed.push(local);
     }
     for (bound, used) in [("slice_bound", "slice_send"), ("slice_bound2", "slice_connect")] {
-        let b = parse_local(&out, bound);
+        let b = out.expect_addr(bound);
         assert!(in_slice(b, SLICE_IP, lo, hi), "bind({SLICE_IP}, 0) gave {b}\n{}", out.dump());
         assert_eq!(b, field(used).1, "{used} did not keep the port bind() gave\n{}", out.dump());
     }
-    distinct_ports(&placed, "owned and placed ports", &out);
+    expect_distinct_ports(&placed, "owned and placed ports", &out);
     let (r, other) = field("other_send");
     assert_eq!(r, "ok", "{}", out.dump());
     assert_not_in_slice(other, SLICE_IP, lo, hi);
@@ -1364,4 +1333,66 @@ for label, v in (("default", None), ("set1", 1), ("set0", 0)):
     let src = server.wait_sources(6);
     assert_eq!(src.len(), 6, "{src:?}\n{}", out.dump());
     expect_in_slice(&src, SLICE_IP, lo, hi, "SO_REUSEADDR", &out);
+}
+
+/// A placed socket connects to another server *without* disconnecting first (UDP allows it).
+/// Its port is shared, so the new 4-tuple must be checked like a first connect: on a 2-port
+/// slice where the other port already talks to server 2, the re-connect takes the free 4-tuple
+/// or fails with EAGAIN — it never duplicates a 4-tuple, and the holder keeps its replies.
+#[test]
+fn reconnect_without_disconnect_is_checked_again() {
+    let code = format!(
+        "{PY_HELPERS}{}",
+        r#"
+h1, p1, h2, p2 = sys.argv[1], int(sys.argv[2]), sys.argv[3], int(sys.argv[4])
+holder = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+holder.connect((h2, p2))
+print("holder", name(holder))
+movers = []
+for i in range(2):
+    m = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    m.connect((h1, p1))
+    print("before%d" % i, name(m))
+    fd = m.fileno()
+    try:
+        m.connect((h2, p2))
+        print("after%d" % i, name(m))
+        print("xchg%d" % i, xchg(m, "m%d" % i))
+    except OSError as e:
+        print("after%d" % i, "errno", e.errno)
+    print("same_fd%d" % i, int(m.fileno() == fd))
+    movers.append(m)
+print("holder_xchg", xchg(holder, "h"))
+"#
+    );
+    let (lo, hi) = slice_ports(2);
+    let servers = [UdpEcho::echo("127.0.0.1"), UdpEcho::echo("127.0.0.3")];
+    let out = Run::python(&code)
+        .args(servers[0].hp())
+        .args(servers[1].hp())
+        .slice(&slice_spec(SLICE_IP, lo, hi))
+        .run();
+    out.assert_success();
+    let holder = out.expect_addr("holder");
+    // The holder's 4-tuple towards server 2 is never taken over: its reply comes back to it.
+    assert_eq!(out.expect_field("holder_xchg"), "ok", "{}", out.dump());
+    let mut moved = Vec::new();
+    for i in 0..2 {
+        assert_eq!(out.expect_field(&format!("same_fd{i}")), "1", "{}", out.dump());
+        match out.expect_field(&format!("after{i}")) {
+            a if a.starts_with("errno") => assert_eq!(a, format!("errno {EAGAIN}"), "{}", out.dump()),
+            _ => {
+                let a = out.expect_addr(&format!("after{i}"));
+                assert!(in_slice(a, SLICE_IP, lo, hi), "{a} outside the slice\n{}", out.dump());
+                assert_ne!(a, holder, "re-connect duplicated the holder's 4-tuple\n{}", out.dump());
+                assert_eq!(out.expect_field(&format!("xchg{i}")), "ok", "{}", out.dump());
+                moved.push(a);
+            }
+        }
+    }
+    // Only one free 4-tuple towards server 2 remains: exactly one mover gets it.
+    assert_eq!(moved.len(), 1, "{}", out.dump());
+    // What server 2 saw: the holder and the one mover, from distinct slice ports.
+    let seen: BTreeSet<u16> = servers[1].wait_sources(2).iter().map(|s| s.port()).collect();
+    assert_eq!(seen, ports_of(lo, hi), "{}", out.dump());
 }
