@@ -35,6 +35,7 @@ fn main() {
     match args.get(1).map(String::as_str) {
         Some("--child") => return child(&args[2], args[3].parse().expect("n")),
         Some("--udp-child") => return udp_child(&args[2], args[3].parse().expect("n")),
+        Some("--sendto-child") => return sendto_child(&args[2], args[3].parse().expect("n")),
         Some("--hold") => return hold(&args[2], args[3].parse().expect("n")),
         _ => {}
     }
@@ -158,6 +159,20 @@ fn main() {
     for (c, r) in udp_confs.iter().zip(&udp) {
         let m = median(r.clone());
         println!("{:<36} {:>11.2} {:>9.2}x", c.name, m, m / udp_base);
+    }
+    // Unconnected sendto on a socket already placed (the per-datagram path: fstat + a load).
+    let mut sends: Vec<Vec<f64>> = vec![Vec::new(); udp_confs.len()];
+    for _ in 0..rounds {
+        for (i, c) in udp_confs.iter().enumerate() {
+            sends[i].push(run(c, &so, "--sendto-child", udp_addr, n * 10).0);
+        }
+    }
+    let send_base = median(sends[0].clone());
+    println!();
+    println!("{:<36} {:>11} {:>10}", "UDP unconnected sendto (per datagram)", "µs", "vs no shim");
+    for (c, r) in udp_confs.iter().zip(&sends) {
+        let m = median(r.clone());
+        println!("{:<36} {:>11.2} {:>9.2}x", c.name, m, m / send_base);
     }
     drop(udp_server);
 }
@@ -311,6 +326,18 @@ fn udp_child(addr: &str, n: usize) {
         eprintln!("{failed} UDP connects failed");
     }
     println!("{}", median(times));
+}
+
+/// sendto child: one unconnected socket, N datagrams to ADDR; prints µs per sendto.
+fn sendto_child(addr: &str, n: usize) {
+    let s = std::net::UdpSocket::bind("0.0.0.0:0").unwrap();
+    let addr: SocketAddr = addr.parse().unwrap();
+    s.send_to(b"warm-up", addr).unwrap();
+    let t = Instant::now();
+    for _ in 0..n {
+        let _ = s.send_to(b"0123456789abcdef", addr);
+    }
+    println!("{}", t.elapsed().as_secs_f64() * 1e6 / n as f64);
 }
 
 /// Close with RST: no TIME_WAIT on either side, so runs do not disturb each other.
