@@ -93,7 +93,8 @@ unsafe fn outgoing(fd: c_int, dst: SocketAddr, call: Call, mut attempt: impl FnM
             return pass(&mut attempt);
         }
         let v6 = crate::config::canonical(dst.ip()).is_ipv6();
-        return place_udp(active, fd, ino, &sock, v6, None, dst, call, e0, attempt);
+        let flow = Flow { active, fd, ino, sock: &sock, v6, pinned: None, dst, e0 };
+        return place_udp(flow, call, attempt);
     }
     if call == Call::FirstSend && sock.proto == Proto::Tcp {
         // sendto() with an address on a TCP socket: the address is ignored (no Fast Open flag).
@@ -106,9 +107,11 @@ unsafe fn outgoing(fd: c_int, dst: SocketAddr, call: Call, mut attempt: impl FnM
         // sends would leave from there): it gets a port of its own first, as a first send would.
         Decision::Leave(Leave::BadDestination) if sock.proto == Proto::Udp && sock.local.port() == 0 => {
             match scope::decide(&active.cfg, sock.local, not_programs, dst, Call::FirstSend) {
-                Decision::Place { v6, pinned } => {
-                    place_udp(active, fd, ino, &sock, v6, pinned, dst, Call::FirstSend, e0, attempt)
-                }
+                Decision::Place { v6, pinned } => place_udp(
+                    Flow { active, fd, ino, sock: &sock, v6, pinned, dst, e0 },
+                    Call::FirstSend,
+                    attempt,
+                ),
                 Decision::Leave(why) => {
                     leave(why, &sock, dst);
                     if flags & flag::DEFERRED_BIND != 0 {
@@ -128,10 +131,13 @@ unsafe fn outgoing(fd: c_int, dst: SocketAddr, call: Call, mut attempt: impl FnM
             }
             pass(&mut attempt)
         }
-        Decision::Place { v6, pinned } => match sock.proto {
-            Proto::Tcp => place_tcp(active, fd, ino, &sock, v6, pinned, dst, e0, attempt),
-            Proto::Udp => place_udp(active, fd, ino, &sock, v6, pinned, dst, call, e0, attempt),
-        },
+        Decision::Place { v6, pinned } => {
+            let flow = Flow { active, fd, ino, sock: &sock, v6, pinned, dst, e0 };
+            match sock.proto {
+                Proto::Tcp => place_tcp(flow, attempt),
+                Proto::Udp => place_udp(flow, call, attempt),
+            }
+        }
     }
 }
 
@@ -157,18 +163,24 @@ fn leave(why: Leave, sock: &Sock, dst: SocketAddr) {
     }
 }
 
-#[allow(clippy::too_many_arguments)]
-fn place_tcp(
-    active: &Active,
+/// One flow to place: the program's socket, where it goes, and where it may leave from.
+#[derive(Clone, Copy)]
+struct Flow<'a> {
+    active: &'a Active,
     fd: c_int,
     ino: u64,
-    sock: &Sock,
+    sock: &'a Sock,
+    /// The destination's family (v4-mapped counts as IPv4): which slices apply.
     v6: bool,
+    /// The slice IP the program bound the socket to, if any.
     pinned: Option<std::net::IpAddr>,
     dst: SocketAddr,
+    /// errno at the hook's entry (restored on success).
     e0: c_int,
-    mut attempt: impl FnMut(c_int) -> isize,
-) -> isize {
+}
+
+fn place_tcp(flow: Flow, mut attempt: impl FnMut(c_int) -> isize) -> isize {
+    let Flow { active, fd, ino, sock, v6, pinned, dst, e0 } = flow;
     let cfg = &active.cfg;
     let rotate = active.rotate.fetch_add(1, Relaxed);
     let candidates = || scope::candidates(cfg, v6, pinned, rotate);
@@ -219,19 +231,8 @@ fn place_tcp(
 
 /// UDP: a connect is placed with the cookie check (the port is shared across peers, never a
 /// 4-tuple); a first unconnected send gets a port of its own (it may talk to anyone from it).
-#[allow(clippy::too_many_arguments)]
-fn place_udp(
-    active: &Active,
-    fd: c_int,
-    ino: u64,
-    sock: &Sock,
-    v6: bool,
-    pinned: Option<std::net::IpAddr>,
-    dst: SocketAddr,
-    call: Call,
-    e0: c_int,
-    mut attempt: impl FnMut(c_int) -> isize,
-) -> isize {
+fn place_udp(flow: Flow, call: Call, mut attempt: impl FnMut(c_int) -> isize) -> isize {
+    let Flow { active, fd, ino, sock, v6, pinned, dst, e0 } = flow;
     let rotate = active.rotate.fetch_add(1, Relaxed);
     let candidates = scope::candidates(&active.cfg, v6, pinned, rotate);
     let own_usable = sock.local.port() == 0;
@@ -252,6 +253,8 @@ fn place_udp(
         }
         Call::FirstSend => {
             match exclusive::bind_free(target.cur, sock.family, candidates, &active.reserved) {
+                // The owned port is the placement; the send's own outcome (EMSGSIZE...) is the
+                // program's business and does not undo it.
                 Ok((slice, local)) => match target.commit() {
                     Ok(()) => {
                         let (ret, e) = crate::strategy::outcome(attempt(fd));

@@ -82,21 +82,11 @@ pub fn place<'a>(
             if reuseport {
                 let _ = addr::set_u32(s, libc::SOL_SOCKET, libc::SO_REUSEPORT, 1);
             }
-            if let Err(p) = target.commit() {
-                return p;
-            }
-            return if ret >= 0 {
-                Placed::Ok { ret, errno: e, slice: *slice, local }
-            } else {
-                Placed::Failed { ret, errno: e }
-            };
+            return target.conclude(ret, e, *slice, local);
         }
         stats::bump(C::exhausted);
     }
-    match not_local {
-        Some(ip) => Placed::NotLocal(ip),
-        None => Placed::Exhausted,
-    }
+    Placed::none_free(not_local)
 }
 
 #[cfg(test)]

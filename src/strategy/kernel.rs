@@ -62,18 +62,12 @@ pub fn place<'a>(
             };
         }
         if errno != libc::EADDRNOTAVAIL {
-            return match target.commit() {
-                Ok(()) => Placed::Failed { ret, errno },
-                Err(p) => p,
-            };
+            return target.conclude(ret, errno, *slice, SocketAddr::new(slice.ip, 0));
         }
         // The slice is full for this destination; the same socket can be bound again.
         crate::stats::bump(crate::stats::C::exhausted);
     }
-    match not_local {
-        Some(ip) => Placed::NotLocal(ip),
-        None => Placed::Exhausted,
-    }
+    Placed::none_free(not_local)
 }
 
 /// Drop a connection started from the wrong port: connect(AF_UNSPEC) disconnects a TCP socket

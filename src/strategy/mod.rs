@@ -149,6 +149,31 @@ impl Target {
     }
 }
 
+impl Placed {
+    /// Every candidate was tried: no slice IP on this host (`not_local`), or none free.
+    pub fn none_free(not_local: Option<IpAddr>) -> Placed {
+        match not_local {
+            Some(ip) => Placed::NotLocal(ip),
+            None => Placed::Exhausted,
+        }
+    }
+}
+
+impl Target {
+    /// The attempt on the current socket returned `ret`/`errno`, an outcome for the program:
+    /// commit the socket and report it (success or EINPROGRESS → placed at `local`).
+    pub fn conclude(&mut self, ret: isize, errno: c_int, slice: Slice, local: SocketAddr) -> Placed {
+        if let Err(p) = self.commit() {
+            return p;
+        }
+        if ret >= 0 || errno == libc::EINPROGRESS {
+            Placed::Ok { ret, errno, slice, local }
+        } else {
+            Placed::Failed { ret, errno }
+        }
+    }
+}
+
 /// `(ret, errno)` of an attempt: errno only when it failed.
 pub fn outcome(ret: isize) -> (isize, c_int) {
     (ret, if ret >= 0 { 0 } else { crate::errno::get() })

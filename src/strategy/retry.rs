@@ -69,21 +69,11 @@ impl Retry<'_> {
                     }
                     continue;
                 }
-                if let Err(p) = target.commit() {
-                    return p;
-                }
-                return if ret >= 0 || e == libc::EINPROGRESS {
-                    Placed::Ok { ret, errno: e, slice: *slice, local }
-                } else {
-                    Placed::Failed { ret, errno: e }
-                };
+                return target.conclude(ret, e, *slice, local);
             }
             stats::bump(C::exhausted);
         }
-        match not_local {
-            Some(ip) => Placed::NotLocal(ip),
-            None => Placed::Exhausted,
-        }
+        Placed::none_free(not_local)
     }
 }
 
