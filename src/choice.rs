@@ -1,6 +1,6 @@
 //! Which TCP strategy a process uses: a pure function of the configuration and the kernel facts
 //! of its network namespace. Shared by the library (decided once, in the constructor) and by
-//! `portrange check` (which explains the same decision), via `#[path]`.
+//! `portrange check` (which explains the same decision).
 
 use crate::config::{Config, Slice, StrategyChoice};
 

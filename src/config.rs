@@ -1,7 +1,7 @@
 //! `PORTRANGE*` environment variables → a plain [`Config`] value.
 //!
 //! Pure: no I/O beyond the environment getter handed in, so every rule of the SPEC's
-//! configuration table is unit-tested here. Shared with the `portrange` binary (via `#[path]`).
+//! configuration table is unit-tested here. Shared by the shim and the `portrange` binary.
 
 use std::fmt;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};

@@ -71,18 +71,18 @@ fn built() -> &'static Built {
     }
 }
 
-/// `cargo build --release -p portrange`, once per test process.
+/// `cargo build --release -p portrange -p portrange-shim`, once per test process.
 fn build_portrange() -> Result<Built, String> {
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| OsString::from(env!("CARGO")));
     let out = Command::new(&cargo)
-        .args(["build", "--release", "-p", "portrange"])
+        .args(["build", "--release", "-p", "portrange", "-p", "portrange-shim"])
         .current_dir(workspace_root())
         .stdin(Stdio::null())
         .output()
         .map_err(|e| format!("cannot run {cargo:?}: {e}"))?;
     if !out.status.success() {
         return Err(format!(
-            "`cargo build --release -p portrange` failed ({}):\n{}",
+            "`cargo build --release -p portrange -p portrange-shim` failed ({}):\n{}",
             out.status,
             String::from_utf8_lossy(&out.stderr)
         ));

@@ -1,7 +1,7 @@
 //! `portrange check`: validate a configuration and explain what the shim will do on this host.
 
-use crate::choice::{choose_tcp, KernelFacts};
-use crate::config::{self, Config, Parsed, Slice};
+use portrange::choice::{choose_tcp, KernelFacts};
+use portrange::config::{self, Config, Parsed, Slice};
 use std::net::{IpAddr, SocketAddr};
 
 /// JSON string escaping for the few strings we print.

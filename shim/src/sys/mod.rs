@@ -4,4 +4,4 @@ pub mod diag;
 pub mod options;
 pub mod ownfd;
 pub mod swap;
-pub mod sysctl;
+pub use portrange_lib::sysctl;

@@ -1,15 +1,9 @@
 //! `portrange`: run programs with the shim (`exec`), show it at work (`demo`), explain a
 //! configuration (`check`), split a range for a fleet (`plan`).
 
-#[path = "../choice.rs"]
-mod choice;
-#[path = "../cli/check.rs"]
-mod cli_check;
-#[path = "../cli/plan.rs"]
-mod cli_plan;
-#[path = "../config.rs"]
-#[allow(dead_code)]
-mod config;
+mod check;
+
+use portrange::{config, plan as cli_plan};
 
 use std::ffi::OsString;
 use std::io::{Read, Write};
@@ -167,7 +161,7 @@ fn check(args: &[OsString]) -> ExitCode {
         Some(a) => Err(format!("unexpected argument {:?}\n{USAGE}", a.to_string_lossy())),
         None => Ok(env),
     });
-    match r.and_then(|env| cli_check::check(&cli_check::parsed_from(&env), json)) {
+    match r.and_then(|env| check::check(&check::parsed_from(&env), json)) {
         Ok(true) => ExitCode::SUCCESS,
         Ok(false) => ExitCode::from(1),
         Err(e) => {
