@@ -1,8 +1,29 @@
 //! `portrange check`: validate a configuration and explain what the shim will do on this host.
 
+use crate::flags::shim_flags;
+use crate::USAGE;
 use portrange::choice::{choose_tcp, KernelFacts};
 use portrange::config::{self, Config, Parsed, Slice};
+use std::ffi::OsString;
 use std::net::{IpAddr, SocketAddr};
+use std::process::ExitCode;
+
+/// Exit status 0: valid; 1: invalid; 2: bad arguments.
+pub fn run(args: &[OsString]) -> ExitCode {
+    let json = args.iter().any(|a| a == "--json");
+    let r = shim_flags(args, &["--json"]).and_then(|(env, i)| match args.get(i) {
+        Some(a) => Err(format!("unexpected argument {:?}\n{USAGE}", a.to_string_lossy())),
+        None => Ok(env),
+    });
+    match r.and_then(|env| report(&parsed_from(&env), json)) {
+        Ok(true) => ExitCode::SUCCESS,
+        Ok(false) => ExitCode::from(1),
+        Err(e) => {
+            eprintln!("portrange: {e}");
+            ExitCode::from(2)
+        }
+    }
+}
 
 /// JSON string escaping for the few strings we print.
 pub fn json_str(s: &str) -> String {
@@ -70,7 +91,8 @@ pub fn guard_rules(cfg: &Config) -> String {
     out
 }
 
-pub fn check(parsed: &Parsed, json: bool) -> Result<bool, String> {
+/// Print the explanation (text or JSON); whether the configuration is valid.
+pub fn report(parsed: &Parsed, json: bool) -> Result<bool, String> {
     let facts = KernelFacts::read();
     let reserved = reserved_ports();
     let mut errors: Vec<String> = Vec::new();
