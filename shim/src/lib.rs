@@ -21,8 +21,10 @@ mod sys;
 mod hooks;
 
 use config::{Config, OnError};
-use std::sync::atomic::{AtomicI32, AtomicUsize, Ordering::Relaxed};
-use std::sync::OnceLock;
+use std::sync::atomic::{
+    AtomicI32, AtomicPtr, AtomicU64, AtomicUsize,
+    Ordering::{Acquire, Relaxed, Release},
+};
 
 pub use choice::Tcp;
 
@@ -45,15 +47,39 @@ pub enum Mode {
     Active(Active),
 }
 
-static MODE: OnceLock<Mode> = OnceLock::new();
-static STATS_PATH: OnceLock<String> = OnceLock::new();
+/// The mode, once initialised (a leaked box: set once per process, read with one atomic load).
+static MODE: AtomicPtr<Mode> = AtomicPtr::new(std::ptr::null_mut());
+/// `PORTRANGE_STATS`, once initialised (a leaked box, like MODE).
+static STATS_PATH: AtomicPtr<String> = AtomicPtr::new(std::ptr::null_mut());
 /// This process's pid, updated in the fork child; a mismatch with getpid() means we run in a
 /// vfork child (or a raw clone) that shares the parent's memory and must not change its state.
 static PID: AtomicI32 = AtomicI32::new(0);
 
-/// The mode, once the constructor has run (`None` before: every call passes through).
+/// The initialisation's state: 0 = not started, `DONE`, or the thread running it as
+/// `pid << 32 | tid`. Not a `Once`/`OnceLock`: a child forked while another thread runs the
+/// initialisation would wait for that thread forever (it does not exist in the child); here the
+/// child sees another pid and takes over.
+static INIT: AtomicU64 = AtomicU64::new(0);
+const DONE: u64 = u64::MAX;
+
+/// The mode. The first call in a process initialises it (parse the configuration, set up
+/// logging, probe the kernel): from the library constructor, or from the first hooked call if a
+/// constructor that runs before ours (another preloaded library's) makes one. `None` only on the
+/// thread that is running the initialisation itself (a signal handler that interrupted it).
 pub fn mode() -> Option<&'static Mode> {
-    MODE.get()
+    let p = MODE.load(Acquire);
+    if p.is_null() {
+        ensure_init();
+        return mode_now();
+    }
+    // SAFETY: MODE is only ever set to a leaked Box<Mode>, never freed.
+    Some(unsafe { &*p })
+}
+
+fn mode_now() -> Option<&'static Mode> {
+    let p = MODE.load(Acquire);
+    // SAFETY: as in `mode`.
+    (!p.is_null()).then(|| unsafe { &*p })
 }
 
 /// True in a vfork child (shared memory with the parent).
@@ -62,19 +88,66 @@ pub fn in_shared_child() -> bool {
     PID.load(Relaxed) != unsafe { libc::getpid() }
 }
 
-/// The library constructor: parse the configuration once, set up logging, probe the kernel.
+/// The library constructor: initialise now unless a hooked call already did.
 #[cfg(not(test))]
 #[used]
 #[link_section = ".init_array"]
-static INIT: extern "C" fn() = init;
+static CONSTRUCTOR: extern "C" fn() = constructor;
 
 #[cfg_attr(test, allow(dead_code))]
-extern "C" fn init() {
+extern "C" fn constructor() {
     let Some(_inside) = guard::enter() else { return };
-    let _ = std::panic::catch_unwind(|| {
-        let mode = build_mode();
-        let _ = MODE.set(mode);
-    });
+    ensure_init();
+}
+
+/// This thread, as `pid << 32 | tid`.
+fn me() -> u64 {
+    // SAFETY: getpid/gettid have no preconditions.
+    let (pid, tid) = unsafe { (libc::getpid(), libc::gettid()) };
+    (pid as u32 as u64) << 32 | tid as u32 as u64
+}
+
+/// Run the initialisation exactly once per process, whichever comes first (constructor or a
+/// hooked call), without a lock: one thread runs it, other threads of the process wait for it
+/// (it is short and takes no lock of theirs), a re-entry on the running thread returns at once,
+/// and a fork child whose initialising thread did not follow it takes over.
+fn ensure_init() {
+    let me = me();
+    let mut spins = 0u32;
+    loop {
+        let cur = INIT.load(Acquire);
+        let take = match cur {
+            DONE => return,
+            0 => true,
+            _ if cur == me => return,
+            _ if (cur >> 32) != (me >> 32) => true,
+            _ => false,
+        };
+        if take {
+            if INIT.compare_exchange(cur, me, Acquire, Relaxed).is_ok() {
+                run_init();
+                INIT.store(DONE, Release);
+                return;
+            }
+            continue;
+        }
+        spins += 1;
+        if spins < 64 {
+            std::hint::spin_loop();
+        } else {
+            // SAFETY: sched_yield has no preconditions.
+            unsafe { libc::sched_yield() };
+        }
+    }
+}
+
+fn run_init() {
+    // Every real symbol first: no hook resolves one later (a signal handler must not dlsym).
+    real::resolve_all();
+    // SAFETY: getpid has no preconditions.
+    PID.store(unsafe { libc::getpid() }, Relaxed);
+    let mode = std::panic::catch_unwind(build_mode).unwrap_or(Mode::Inactive);
+    MODE.store(Box::into_raw(Box::new(mode)), Release);
 }
 
 fn env(k: &str) -> Option<String> {
@@ -86,17 +159,15 @@ fn build_mode() -> Mode {
     let parsed = config::parse(env);
     let Some(result) = parsed.config else { return Mode::Inactive };
 
-    // SAFETY: getpid has no preconditions.
-    PID.store(unsafe { libc::getpid() }, Relaxed);
     log::init(&parsed.log);
     std::panic::set_hook(Box::new(|info| {
         ::log::error!("internal error (the call fails, the program goes on): {info}");
     }));
     for w in &parsed.warnings {
-        log::line(&format!("warning: {w}"));
+        log::line(format_args!("warning: {w}"));
     }
     if let Some(p) = parsed.stats {
-        let _ = STATS_PATH.set(p);
+        STATS_PATH.store(Box::into_raw(Box::new(p)), Release);
     }
     at_exit_and_fork();
 
@@ -144,7 +215,7 @@ fn config_error(what: &str, on_error: OnError) {
         OnError::Deny => "TCP/UDP connects and first sends will fail with EPERM (PORTRANGE_ON_ERROR=deny)",
         OnError::Passthrough => "the shim is inactive (PORTRANGE_ON_ERROR=passthrough)",
     };
-    log::line(&format!("error: {what} — {consequence}"));
+    log::line(format_args!("error: {what} — {consequence}"));
 }
 
 fn on_error(o: OnError) -> Mode {
@@ -155,10 +226,15 @@ fn on_error(o: OnError) -> Mode {
 }
 
 extern "C" fn write_stats() {
-    let Some(path) = STATS_PATH.get() else { return };
+    let path = STATS_PATH.load(Acquire);
+    if path.is_null() {
+        return;
+    }
+    // SAFETY: STATS_PATH is only ever set to a leaked Box<String>, never freed.
+    let path: &String = unsafe { &*path };
     let Some(_inside) = guard::enter() else { return };
     let _ = std::panic::catch_unwind(|| {
-        let strategy = match MODE.get() {
+        let strategy = match mode_now() {
             Some(Mode::Active(a)) => a.tcp.name(),
             Some(Mode::Deny) => "deny",
             _ => "inactive",

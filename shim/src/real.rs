@@ -1,5 +1,8 @@
-//! The real libc functions, found with `dlsym(RTLD_NEXT, ...)` on first use and cached in an
-//! atomic (a race resolves twice, harmlessly). The shim's own calls use these directly, so they
+//! The real libc functions, found with `dlsym(RTLD_NEXT, ...)` and cached in atomics. Every one
+//! is resolved by the initialisation (`resolve_all`, from the library constructor or the first
+//! hooked call, whichever comes first), so no hook runs `dlsym` later — not from a signal
+//! handler, not in a fork child. A call before that (impossible in practice) resolves on the
+//! spot; a race resolves twice, harmlessly. The shim's own calls use these directly, so they
 //! never pass through its hooks; the re-entry guard covers whatever still does (std's `close`).
 
 use libc::{c_int, c_uint, c_ulong, c_void, sockaddr, socklen_t, ssize_t};
@@ -21,21 +24,48 @@ fn resolve(slot: &AtomicPtr<c_void>, names: &[&std::ffi::CStr]) -> *mut c_void {
     std::ptr::null_mut()
 }
 
+/// One slot per real function, named after it.
+#[allow(non_upper_case_globals)]
+mod slot {
+    use super::*;
+    macro_rules! slots {
+        ($($name:ident),*) => {$(
+            pub static $name: AtomicPtr<c_void> = AtomicPtr::new(std::ptr::null_mut());
+        )*};
+    }
+    slots!(
+        connect, bind, setsockopt, getsockopt, listen, getsockname, sendto, sendmsg, sendmmsg,
+        epoll_ctl, close, dup, dup2, dup3, fcntl, fcntl64, close_range, closefrom
+    );
+}
+
 macro_rules! real {
-    ($( $name:ident [$($sym:literal),+] : fn($($arg:ident: $ty:ty),*) -> $ret:ty; )*) => {$(
+    ($( $name:ident [$($sym:literal),+] : fn($($arg:ident: $ty:ty),*) -> $ret:ty; )*) => {
+        $(
         /// The next definition of this libc function after the shim's.
+        ///
+        /// # Safety
+        /// As the libc function: the pointers must be valid as it requires.
         pub unsafe fn $name($($arg: $ty),*) -> $ret {
-            static SLOT: AtomicPtr<c_void> = AtomicPtr::new(std::ptr::null_mut());
-            let p = resolve(&SLOT, &[$($sym),+]);
+            let p = resolve(&slot::$name, &[$($sym),+]);
             if p.is_null() {
                 crate::errno::set(libc::ENOSYS);
                 return -1 as $ret;
             }
-            // SAFETY: the symbol has this C signature in glibc.
-            let f: unsafe extern "C" fn($($ty),*) -> $ret = std::mem::transmute(p);
-            f($($arg),*)
+            // SAFETY: the symbol has this C signature in glibc; the caller upholds its contract.
+            unsafe {
+                let f: unsafe extern "C" fn($($ty),*) -> $ret = std::mem::transmute(p);
+                f($($arg),*)
+            }
         }
-    )*};
+        )*
+
+        /// Resolve every real function now (the initialisation calls this once per process).
+        pub fn resolve_all() {
+            $( resolve(&slot::$name, &[$($sym),+]); )*
+            resolve(&slot::closefrom, &[c"closefrom"]);
+        }
+    };
 }
 
 real! {
@@ -58,13 +88,17 @@ real! {
     close_range [c"close_range"]: fn(first: c_uint, last: c_uint, flags: c_int) -> c_int;
 }
 
-/// `closefrom` returns nothing, so it has its own resolver.
+/// `closefrom` returns nothing, so it has its own wrapper.
+///
+/// # Safety
+/// As glibc's `closefrom`: the caller must own every descriptor from `lowfd` up.
 pub unsafe fn closefrom(lowfd: c_int) {
-    static SLOT: AtomicPtr<c_void> = AtomicPtr::new(std::ptr::null_mut());
-    let p = resolve(&SLOT, &[c"closefrom"]);
+    let p = resolve(&slot::closefrom, &[c"closefrom"]);
     if !p.is_null() {
-        // SAFETY: glibc's `void closefrom(int)`.
-        let f: unsafe extern "C" fn(c_int) = std::mem::transmute(p);
-        f(lowfd)
+        // SAFETY: glibc's `void closefrom(int)`; the caller upholds its contract.
+        unsafe {
+            let f: unsafe extern "C" fn(c_int) = std::mem::transmute(p);
+            f(lowfd)
+        }
     }
 }
