@@ -225,7 +225,12 @@ fn a_constructor_that_connects_before_ours_is_placed() {
                     .run();
                 out.assert_success();
                 let what = format!("{how}, {}", ctx(run));
-                assert_eq!(out.fields("early").len(), 2, "[{what}] the constructor did not run\n{}", out.dump());
+                assert_eq!(
+                    out.fields("early").len(),
+                    2,
+                    "[{what}] the constructor did not run\n{}",
+                    out.dump()
+                );
                 let seen = udp.sources();
                 assert_eq!(seen.len(), runs_of_flows, "[{what}] datagrams\n{}", out.dump());
                 expect_sources(&seen, run, lo, hi, &format!("datagram ({what})"), &out);

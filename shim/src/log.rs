@@ -119,7 +119,8 @@ struct Module {
 }
 
 #[allow(clippy::declare_interior_mutable_const)]
-const EMPTY_MODULE: Module = Module { name: [const { AtomicU8::new(0) }; MAX_MODULE], len: AtomicU8::new(0), level: AtomicU8::new(0) };
+const EMPTY_MODULE: Module =
+    Module { name: [const { AtomicU8::new(0) }; MAX_MODULE], len: AtomicU8::new(0), level: AtomicU8::new(0) };
 
 static FILTER: Filter =
     Filter { default: AtomicU8::new(0), count: AtomicUsize::new(0), modules: [EMPTY_MODULE; MAX_DIRECTIVES] };

@@ -34,8 +34,24 @@ mod slot {
         )*};
     }
     slots!(
-        connect, bind, setsockopt, getsockopt, listen, getsockname, sendto, sendmsg, sendmmsg,
-        epoll_ctl, close, dup, dup2, dup3, fcntl, fcntl64, close_range, closefrom
+        connect,
+        bind,
+        setsockopt,
+        getsockopt,
+        listen,
+        getsockname,
+        sendto,
+        sendmsg,
+        sendmmsg,
+        epoll_ctl,
+        close,
+        dup,
+        dup2,
+        dup3,
+        fcntl,
+        fcntl64,
+        close_range,
+        closefrom
     );
 }
 
