@@ -8,6 +8,7 @@
 
 pub mod choice;
 pub mod config;
+pub mod elf;
 pub mod plan;
 pub mod scope;
 pub mod sysctl;

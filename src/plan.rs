@@ -44,6 +44,14 @@ pub fn portrange_value(ip: IpAddr, ranges: &[(u16, u16)]) -> String {
         .join(",")
 }
 
+/// The smallest `net.ipv4.ip_local_port_range` that contains both `current` and every range in
+/// `shares` (the kernel strategy needs each slice inside it); `None` when `current` already does.
+pub fn widened_sysctl_range(current: (u16, u16), shares: &[(u16, u16)]) -> Option<(u16, u16)> {
+    let lo = shares.iter().map(|r| r.0).min()?.min(current.0);
+    let hi = shares.iter().map(|r| r.1).max()?.max(current.1);
+    ((lo, hi) != current).then_some((lo, hi))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -63,6 +71,10 @@ mod tests {
             "10.0.0.1:1-2,10.0.0.1:5"
         );
         assert_eq!(portrange_value("::1".parse().unwrap(), &[(1, 2)]), "[::1]:1-2");
+        assert_eq!(widened_sysctl_range((32768, 60999), &[(40000, 40009)]), None);
+        assert_eq!(widened_sysctl_range((32768, 60999), &[(60000, 65535)]), Some((32768, 65535)));
+        assert_eq!(widened_sysctl_range((32768, 60999), &[(1024, 2047), (3000, 3001)]), Some((1024, 60999)));
+        assert_eq!(widened_sysctl_range((32768, 60999), &[]), None);
         // Every plan is a valid PORTRANGE.
         for ranges in split(1024, 65535, &[(8080, 8080)], 7).unwrap() {
             let v = portrange_value("198.51.100.10".parse().unwrap(), &ranges);

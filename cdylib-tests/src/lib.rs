@@ -24,6 +24,9 @@ use std::sync::{Arc, Condvar, Mutex, OnceLock};
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+pub mod json;
+pub use json::Json;
+
 pub const EPERM: i32 = libc::EPERM;
 pub const EAGAIN: i32 = libc::EAGAIN;
 pub const EADDRNOTAVAIL: i32 = libc::EADDRNOTAVAIL;
@@ -144,6 +147,37 @@ enum Pool {
     High = 2,
 }
 
+/// Open the allocator file read-write, creating it usable by every user (0666), so root and
+/// non-root runs on one machine share it. An existing file is opened without O_CREAT: with
+/// `fs.protected_regular`, O_CREAT on another user's file in sticky /tmp fails even when its mode
+/// allows writing.
+pub fn open_alloc_file(path: &Path) -> std::io::Result<File> {
+    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+    for _ in 0..8 {
+        match OpenOptions::new().read(true).write(true).open(path) {
+            Err(e) if e.kind() == ErrorKind::NotFound => {}
+            Ok(f) => {
+                // A file an earlier version created 0644: its owner opens it up for everyone.
+                if f.metadata().is_ok_and(|m| m.permissions().mode() & 0o666 != 0o666) {
+                    let _ = f.set_permissions(std::fs::Permissions::from_mode(0o666));
+                }
+                return Ok(f);
+            }
+            r => return r,
+        }
+        match OpenOptions::new().read(true).write(true).create_new(true).mode(0o666).open(path) {
+            Ok(f) => {
+                // The umask narrowed the mode: widen it on the open file.
+                f.set_permissions(std::fs::Permissions::from_mode(0o666))?;
+                return Ok(f);
+            }
+            Err(e) if e.kind() == ErrorKind::AlreadyExists => continue,
+            Err(e) => return Err(e),
+        }
+    }
+    Err(std::io::Error::other("the file keeps appearing and disappearing"))
+}
+
 /// Reserve `n` consecutive ports of `pool`; returns the first. Wraps around at the pool's end.
 fn alloc(pool: Pool, n: u16) -> u16 {
     let (start, end) = match pool {
@@ -152,13 +186,8 @@ fn alloc(pool: Pool, n: u16) -> u16 {
         Pool::High => HIGH_RANGE,
     };
     assert!(n >= 1 && n < end - start, "cannot allocate {n} ports");
-    let mut f = OpenOptions::new()
-        .read(true)
-        .write(true)
-        .create(true)
-        .truncate(false)
-        .open(ALLOC_FILE)
-        .unwrap_or_else(|e| panic!("cannot open {ALLOC_FILE}: {e}"));
+    let mut f =
+        open_alloc_file(Path::new(ALLOC_FILE)).unwrap_or_else(|e| panic!("cannot open {ALLOC_FILE}: {e}"));
     // SAFETY: flock on an fd we own; released when `f` is closed.
     if unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX) } != 0 {
         panic!("flock {ALLOC_FILE}: {}", std::io::Error::last_os_error());
@@ -670,6 +699,30 @@ pub fn have(program: &str) -> bool {
     })
 }
 
+/// Under `CI=true` (any non-empty `CI`): a missing tool or permission is a failure, never a skip.
+pub fn under_ci() -> bool {
+    std::env::var_os("CI").is_some_and(|v| !v.is_empty() && v != "0" && v != "false")
+}
+
+/// The running test's name for messages: `module::test` (libtest names the thread after it).
+fn test_name(module: &str) -> String {
+    match thread::current().name() {
+        Some(name) if name != "main" && name != "netns" => format!("{module}::{name}"),
+        _ => module.to_string(),
+    }
+}
+
+/// A test cannot run here because of `why`. Under CI that is a failure (panics); elsewhere one
+/// `SKIP` line goes straight to the process's stderr — libtest captures `eprintln!` of a passing
+/// test, so the line would otherwise only show with `--nocapture`.
+pub fn skip_or_fail(module: &str, why: &str) {
+    let test = test_name(module);
+    if under_ci() {
+        panic!("{test}: {why}; CI must provide it (.ci/run)");
+    }
+    let _ = writeln!(std::io::stderr(), "SKIP {test}: {why}");
+}
+
 /// True if every program is present. Otherwise: panics when `CI` is set, else prints SKIP and
 /// returns false (the test should return). See [`require!`].
 pub fn require_programs(programs: &[&str], test: &str) -> bool {
@@ -677,14 +730,52 @@ pub fn require_programs(programs: &[&str], test: &str) -> bool {
     if missing.is_empty() {
         return true;
     }
-    let test = match thread::current().name() {
-        Some(name) if name != "main" => format!("{test}::{name}"),
-        _ => test.to_string(),
-    };
-    if std::env::var_os("CI").is_some_and(|v| !v.is_empty()) {
-        panic!("{test}: required program(s) {missing:?} not found in PATH; CI must install them (.ci/run)");
+    skip_or_fail(test, &format!("required program(s) {missing:?} not found in PATH"));
+    false
+}
+
+/// Whether this process may create network namespaces (root, or CAP_SYS_ADMIN): probed once
+/// with `unshare(CLONE_NEWNET)` on a throw-away thread.
+pub fn can_unshare_net() -> bool {
+    static CAN: OnceLock<bool> = OnceLock::new();
+    *CAN.get_or_init(|| {
+        thread::spawn(|| {
+            // SAFETY: plain syscall; affects only this short-lived thread.
+            unsafe { libc::unshare(libc::CLONE_NEWNET) == 0 }
+        })
+        .join()
+        .unwrap_or(false)
+    })
+}
+
+/// True when network namespaces can be made here; otherwise a visible SKIP (a failure under
+/// CI). See [`require_netns!`].
+pub fn require_netns_for(test: &str) -> bool {
+    if can_unshare_net() {
+        return true;
     }
-    eprintln!("SKIP {test}: {missing:?} not found in PATH");
+    skip_or_fail(test, "needs root (CAP_SYS_ADMIN) to create network namespaces");
+    false
+}
+
+/// `require_netns!();` at the top of a test that uses [`in_private_netns`] or `ip netns`:
+/// returns from the test with a visible SKIP line when not root (panics under CI).
+#[macro_export]
+macro_rules! require_netns {
+    () => {
+        if !$crate::require_netns_for(module_path!()) {
+            return;
+        }
+    };
+}
+
+/// True when running as root; otherwise a visible SKIP (a failure under CI).
+pub fn require_root_for(test: &str, why: &str) -> bool {
+    // SAFETY: geteuid cannot fail.
+    if unsafe { libc::geteuid() } == 0 {
+        return true;
+    }
+    skip_or_fail(test, &format!("needs root: {why}"));
     false
 }
 
@@ -1087,7 +1178,8 @@ pub fn py_connect_tcp(targets: &[(&Recorder, usize)]) -> Run {
 
 /// Run `f` on a new thread that first enters a private network namespace (`unshare(CLONE_NEWNET)`
 /// affects only that thread and what it spawns: threads, child processes, sockets it creates).
-/// Panics with a clear message if unsharing is not permitted.
+/// Panics with a clear message if unsharing is not permitted: call [`require_netns!`] first to
+/// skip visibly instead when not root.
 pub fn in_private_netns<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> T {
     let h = thread::Builder::new()
         .name("netns".into())
@@ -1095,7 +1187,7 @@ pub fn in_private_netns<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'stati
             // SAFETY: plain syscall; affects only this thread.
             if unsafe { libc::unshare(libc::CLONE_NEWNET) } != 0 {
                 let e = std::io::Error::last_os_error();
-                panic!("unshare(CLONE_NEWNET) failed: {e} — this test needs root (CAP_SYS_ADMIN) to make a private network namespace");
+                panic!("unshare(CLONE_NEWNET) failed: {e} — this test needs root (CAP_SYS_ADMIN) to make a private network namespace (start it with require_netns!() to skip when not root)");
             }
             f()
         })
@@ -1161,4 +1253,69 @@ pub fn json_number(line: &str, key: &str) -> Option<i64> {
     let rest = line[line.find(&pat)? + pat.len()..].trim_start();
     let end = rest.find(|c: char| !(c.is_ascii_digit() || c == '-')).unwrap_or(rest.len());
     rest[..end].parse().ok()
+}
+
+// ---------------------------------------------------------------------------------------------
+// Golden outputs
+// ---------------------------------------------------------------------------------------------
+
+/// Compare `actual` with `cdylib-tests/golden/<name>`; with `PORTRANGE_BLESS=1` the file is
+/// (re)written instead. Mask host-specific parts before calling.
+#[track_caller]
+pub fn assert_golden(name: &str, actual: &str) {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("golden").join(name);
+    if std::env::var_os("PORTRANGE_BLESS").is_some_and(|v| v == "1") {
+        std::fs::write(&path, actual).unwrap_or_else(|e| panic!("write {}: {e}", path.display()));
+        return;
+    }
+    let expected = std::fs::read_to_string(&path)
+        .unwrap_or_else(|e| panic!("read {}: {e} (PORTRANGE_BLESS=1 writes it)", path.display()));
+    if expected != actual {
+        let diff: Vec<String> = expected
+            .lines()
+            .map(Some)
+            .chain(std::iter::repeat(None))
+            .zip(actual.lines().map(Some).chain(std::iter::repeat(None)))
+            .take_while(|(a, b)| a.is_some() || b.is_some())
+            .enumerate()
+            .filter(|(_, (a, b))| a != b)
+            .map(|(i, (a, b))| {
+                format!(
+                    "line {}:\n  golden: {}\n  actual: {}",
+                    i + 1,
+                    a.unwrap_or("<none>"),
+                    b.unwrap_or("<none>")
+                )
+            })
+            .collect();
+        panic!(
+            "output differs from {} (PORTRANGE_BLESS=1 rewrites it if the change is intended):\n{}\n--- actual ---\n{actual}",
+            path.display(),
+            diff.join("\n")
+        );
+    }
+}
+
+#[cfg(test)]
+mod harness_tests {
+    use super::*;
+    use std::os::unix::fs::PermissionsExt;
+
+    /// The shared port-allocation file is usable by any user (root and non-root runs share it).
+    #[test]
+    fn alloc_file_is_shared_by_every_user() {
+        let _ = slice_ports(1);
+        let mode = std::fs::metadata(ALLOC_FILE).expect("allocator file").permissions().mode();
+        assert_eq!(mode & 0o666, 0o666, "{ALLOC_FILE} has mode {mode:o}");
+        // A fresh one is created 0666 whatever the umask.
+        let dir = TempDir::new("alloc");
+        let p = dir.path().join("ports");
+        // SAFETY: umask only changes this process's file-creation mask; restored below.
+        let old = unsafe { libc::umask(0o077) };
+        let f = open_alloc_file(&p);
+        // SAFETY: as above.
+        unsafe { libc::umask(old) };
+        f.expect("create");
+        assert_eq!(std::fs::metadata(&p).unwrap().permissions().mode() & 0o777, 0o666);
+    }
 }

@@ -603,6 +603,7 @@ fn nginx_reverse_proxy_survives_upstream_swaps() {
 /// namespace's ip_local_port_range; range autobind skips reserved ports too).
 #[test]
 fn reserved_ports_are_skipped() {
+    require_netns!();
     require!("ip", "sysctl");
     in_private_netns(|| {
         sh(&["ip", "link", "set", "lo", "up"]);
@@ -861,6 +862,7 @@ for i in range(10):
 /// assert only that not all 10 succeed.
 #[test]
 fn time_wait_tuples_are_reused_by_retry_not_by_kernel() {
+    require_netns!();
     require!("ip");
     let pair = NetnsPair::new();
     let server = NsServer::start(&pair.server);

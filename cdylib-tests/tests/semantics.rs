@@ -266,6 +266,7 @@ print("local_port_range", s.getsockopt(socket.IPPROTO_IP, 51))
 /// each in a namespace of its own (the program's sysctl change must not leak into the next run).
 #[test]
 fn sysctl_change_after_start_never_escapes() {
+    require_netns!();
     require!("ip");
     let code = r#"
 import socket, sys, time

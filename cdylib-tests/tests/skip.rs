@@ -56,6 +56,7 @@ fn bare_address_skip() {
 /// destinations are left alone, the slice IP's own address is placed.
 #[test]
 fn default_skip_leaves_loopback_alone() {
+    require_netns!();
     require!("ip");
     const NS_IP: &str = "198.51.100.10";
     in_private_netns(|| {

@@ -32,7 +32,8 @@ fn check_json_and_invalid_configurations() {
     let j = out.stdout.trim();
     assert!(j.starts_with('{') && j.ends_with('}') && !j.contains('\n'), "{}", out.dump());
     assert!(j.contains("\"valid\":false"), "{j}");
-    assert!(j.contains("PORTRANGE_STRATEGY=kernel cannot be honoured"), "{j}");
+    // The error names the flag the value came from.
+    assert!(j.contains("--strategy kernel cannot be honoured"), "{j}");
     assert!(j.contains("\"slice\":\"127.0.0.2:61000-61009\""), "the flag wins over the environment: {j}");
     assert!(j.contains("\"inside_sysctl_range\":false"), "{j}");
 
@@ -59,10 +60,14 @@ fn check_json_and_invalid_configurations() {
         assert!(out.stdout.contains(&format!("{var}=\"{value}\"")), "{}", out.dump());
         assert!(out.stdout.contains("INVALID"), "{}", out.dump());
     }
-    // Bad arguments: exit 2 with a message.
+    // A bad --slice is an invalid configuration (exit 1) like a bad PORTRANGE, named by its flag.
     let out = Run::portrange().args(["check", "--slice", "nope"]).run();
+    assert_eq!(out.code(), Some(1), "{}", out.dump());
+    assert!(out.stdout.contains("--slice \"nope\""), "{}", out.dump());
+    // Bad arguments: exit 2 with a message.
+    let out = Run::portrange().args(["check", "--frobnicate"]).run();
     assert_eq!(out.code(), Some(2), "{}", out.dump());
-    assert!(out.stderr.contains("--slice nope"), "{}", out.dump());
+    assert!(out.stderr.contains("--frobnicate"), "{}", out.dump());
 }
 
 /// plan splits evenly around exclusions, and a planned slice places a real program's flow.

@@ -1056,6 +1056,7 @@ fn ipv6_and_v4_mapped_sockets_are_placed() {
 /// for unconnected first sends; no flow ever leaves from a reserved port.
 #[test]
 fn reserved_ports_are_never_used() {
+    require_netns!();
     in_private_netns(|| {
         sh(&["ip", "link", "set", "lo", "up"]);
         let (lo, hi) = slice_ports(10);

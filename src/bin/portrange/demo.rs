@@ -7,6 +7,16 @@ use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
+pub const HELP: &str = "\
+usage: portrange demo
+
+Show the shim at work on this machine with no set-up: a listener on 127.0.0.1 records the source
+address of every connection; a client run under the shim (slice 127.0.0.2:PORTS inside the
+ephemeral range) opens 5 connections, one more runs without it. The table shows what the listener
+saw. Loopback only: nothing leaves the machine.
+
+exit status: 0 every shimmed flow came from the slice; 2 otherwise, or the library was not found.";
+
 /// A listener that records the source address of every connection, as the peer saw it.
 struct Recorder {
     addr: SocketAddr,

@@ -1,10 +1,12 @@
 //! `portrange`: run programs with the shim (`exec`), show it at work (`demo`), explain a
 //! configuration (`check`), split a range for a fleet (`plan`).
 //!
-//! One file per command; this file only dispatches and holds the usage text.
+//! One file per command, each with its `run` and its `HELP`; this file only dispatches and holds
+//! the overall usage text.
 
 mod check;
 mod demo;
+mod evaluate;
 mod exec;
 mod flags;
 mod plan;
@@ -14,35 +16,102 @@ use std::ffi::OsString;
 use std::process::ExitCode;
 
 pub const USAGE: &str = "\
-usage:
-  portrange exec --slice IP:LO-HI [--slice ...] [--skip CIDR ...] [--strategy auto|kernel|retry]
-                 [--log LEVEL] [--stats PATH] -- PROGRAM [ARGS...]
-  portrange demo
-  portrange check [--json] [--slice ... --skip ... --strategy ...]   (default: the PORTRANGE* environment)
-  portrange plan --ip IP --ports LO-HI --servers N [--index I] [--exclude PORTS]
+portrange — keep a program's outgoing TCP and UDP flows inside a slice: one source IP and a
+range of its source ports (libportrange.so, loaded with LD_PRELOAD).
 
-The shim is found at $PORTRANGE_SO, or as libportrange.so next to this executable.";
+usage:
+  portrange exec [--slice IP:LO-HI ...] [--skip CIDR ...] [--strategy auto|kernel|retry]
+                 [--log LEVEL] [--stats PATH] [--] PROGRAM [ARGS...]
+                              run PROGRAM with the shim
+  portrange check [--json] [--slice ... --skip ... --strategy ...]
+                              judge a configuration and explain what the shim will do here
+  portrange plan --ip IP --ports LO-HI --servers N [--index I] [--exclude PORTS]
+                              split a port range into N slices for a fleet
+  portrange demo              the shim at work on this machine, no set-up (loopback only)
+  portrange help COMMAND      (or COMMAND --help) the details of one command
+  portrange --version
+
+environment (the flags of exec and check override these):
+  PORTRANGE            the slices: IPv4:LO-HI or [IPv6]:LO-HI (IP:P for one port), comma-separated;
+                       unset or empty: the shim does nothing at all
+  PORTRANGE_SKIP       destination prefixes left untouched, CIDR v4/v6 comma-separated; default:
+                       127.0.0.0/8, ::1/128, 169.254.0.0/16, fe80::/10 minus ranges holding a slice IP
+  PORTRANGE_STRATEGY   TCP strategy: auto (default), kernel (IP_LOCAL_PORT_RANGE), retry
+  PORTRANGE_LOG        log levels: off, error, warn (default), info, debug, trace;
+                       or portrange[::module]=LEVEL, comma-separated (env_logger syntax)
+  PORTRANGE_ON_ERROR   invalid configuration: deny (default: TCP/UDP connects fail with EPERM)
+                       or passthrough (the shim stays inactive)
+  PORTRANGE_STATS      a file: each process appends one JSON line of counters at exit
+  PORTRANGE_CONNTRACK  auto (default), reserve, verify, off: protect placed flows from
+                       conntrack/NAT rewriting
+  PORTRANGE_PRECHECK   on (default) / off: the retry strategy's sock_diag look-up before a bind
+  PORTRANGE_SO         the library exec and demo load; default: libportrange.so next to this
+                       executable, then ../lib/portrange/, ../lib/, /usr/lib/portrange/
+
+--exclude PORTS (plan): comma-separated ports and ranges, e.g. 8080,60100-60199.
+
+exit status: 0 success; 1 check: invalid or unusable configuration; 2 bad arguments;
+exec: the program's status, or 125 (portrange failed), 126 (not executable), 127 (not found).";
+
+/// The subcommands with their help texts (the internal `demo-client` is not listed).
+const COMMANDS: [(&str, &str); 4] =
+    [("exec", exec::HELP), ("check", check::HELP), ("plan", plan::HELP), ("demo", demo::HELP)];
+
+fn wants_help(cmd: &str, rest: &[OsString]) -> bool {
+    let is_help = |a: &OsString| a == "--help" || a == "-h";
+    if cmd == "exec" {
+        // Only before the program: `exec -- prog --help` is the program's.
+        return match flags::shim_flags(rest, &[]) {
+            Ok((_, i)) => rest.get(i).is_some_and(is_help),
+            Err(_) => false,
+        };
+    }
+    rest.iter().any(is_help)
+}
 
 fn main() -> ExitCode {
     let args: Vec<OsString> = std::env::args_os().skip(1).collect();
-    let cmd = args.first().and_then(|a| a.to_str()).unwrap_or("");
-    let rest = args.get(1..).unwrap_or(&[]);
+    let Some(cmd) = args.first() else {
+        eprintln!("{USAGE}");
+        return ExitCode::from(2);
+    };
+    let cmd = cmd.to_str().unwrap_or("");
+    let rest = &args[1..];
+    if let Some((_, help)) = COMMANDS.iter().find(|(c, _)| *c == cmd) {
+        if wants_help(cmd, rest) {
+            println!("{help}");
+            return ExitCode::SUCCESS;
+        }
+    }
     let r = match cmd {
-        "exec" => exec::run(rest),
-        "demo" => demo::run(),
+        "exec" => return exec::run(rest),
         "check" => return check::run(rest),
+        "demo" => demo::run(),
         "plan" => plan::run(rest),
         "demo-client" => demo::client(rest),
-        "-h" | "--help" | "help" => {
-            println!("{USAGE}");
+        "-h" | "--help" | "help" => match rest.first().and_then(|a| a.to_str()) {
+            None => {
+                println!("{USAGE}");
+                Ok(())
+            }
+            Some(c) => match COMMANDS.iter().find(|(n, _)| *n == c) {
+                Some((_, help)) => {
+                    println!("{help}");
+                    Ok(())
+                }
+                None => Err(format!("no command {c:?} (see portrange --help)")),
+            },
+        },
+        "-V" | "--version" | "version" => {
+            println!("portrange {}", env!("CARGO_PKG_VERSION"));
             Ok(())
         }
-        _ => Err(format!("unknown command {cmd:?}\n{USAGE}")),
+        _ => Err(format!("unknown command {cmd:?} (see portrange --help)")),
     };
     match r {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("portrange: {e}");
+            eprintln!("portrange {cmd}: {e}");
             ExitCode::from(2)
         }
     }
