@@ -11,6 +11,7 @@ pub mod config;
 pub mod elf;
 pub mod plan;
 pub mod scope;
+pub mod sockdiag;
 pub mod sysctl;
 
 pub use choice::Tcp;

@@ -241,3 +241,190 @@ fn a_constructor_that_connects_before_ours_is_placed() {
         }
     });
 }
+
+// ---------------------------------------------------------------------------------------------
+// 6. A hardened service: no AF_NETLINK
+// ---------------------------------------------------------------------------------------------
+
+/// Under a seccomp filter that denies socket(AF_NETLINK) (as systemd's
+/// `RestrictAddressFamilies=` does), UDP connects are still placed, each on a slice port no
+/// other socket holds (8 ports: 8 flows, the 9th fails with EAGAIN and its socket holds no
+/// slice port; one closed, the next connect succeeds), TCP connects are placed under both
+/// strategies, one log line says sock_diag is unavailable, and `portrange check` says so.
+#[test]
+fn without_af_netlink_flows_are_still_placed() {
+    require!("gcc", "ip");
+    let dir = TempDir::new("no-netlink");
+    let launcher = cc(&dir, "no_netlink", include_str!("../c/no_netlink.c"), &[]);
+    in_private_netns(move || {
+        netns_setup();
+        let (lo, hi) = (42000, 42007);
+        for run in runs() {
+            let ua = UdpRecorder::start(PEER_IP);
+            let ub = UdpRecorder::start(PEER_IP);
+            let tcp = Recorder::hold(PEER_IP);
+            let out = configure(Run::new(&launcher), run, lo, hi)
+                .arg(python3())
+                .arg("-c")
+                .arg(include_str!("../py/no_netlink_client.py"))
+                .args([PEER_IP, &ua.addr.port().to_string(), &ub.addr.port().to_string()])
+                .args([tcp.port().to_string(), "9".into(), "3".into()])
+                .run();
+            out.assert_success();
+            let c = ctx(run);
+            assert_eq!(
+                out.field("netlink"),
+                Some("97"),
+                "[{c}] the filter did not deny AF_NETLINK\n{}",
+                out.dump()
+            );
+            let udp = out.fields("udp");
+            assert_eq!(udp.len(), 9, "[{c}]\n{}", out.dump());
+            let port = |l: &str| l.rsplit(' ').next().and_then(|p| p.parse::<u16>().ok()).unwrap();
+            let inside = |p: u16| (lo..=hi).contains(&p);
+            let warned = out.stderr.lines().filter(|l| l.contains("sock_diag is unavailable")).count();
+            if run.is_some() {
+                let mut ports: Vec<u16> = udp[..8]
+                    .iter()
+                    .map(|l| {
+                        assert!(l.starts_with("ok "), "[{c}] UDP connect failed: {l}\n{}", out.dump());
+                        port(l)
+                    })
+                    .collect();
+                assert!(ports.iter().all(|p| inside(*p)), "[{c}] {ports:?}\n{}", out.dump());
+                ports.sort();
+                ports.dedup();
+                assert_eq!(ports.len(), 8, "[{c}] a slice port given twice\n{}", out.dump());
+                assert!(udp[8].starts_with("err 11 "), "[{c}] the 9th must fail with EAGAIN\n{}", out.dump());
+                assert!(
+                    !inside(port(udp[8])),
+                    "[{c}] the failed socket holds slice port {}\n{}",
+                    port(udp[8]),
+                    out.dump()
+                );
+                let again = out.expect_field("again");
+                assert!(
+                    again.starts_with("ok ") && inside(port(again)),
+                    "[{c}] again: {again}\n{}",
+                    out.dump()
+                );
+                assert_eq!(
+                    warned,
+                    1,
+                    "[{c}] expected one line saying sock_diag is unavailable\n{}",
+                    out.dump()
+                );
+            } else {
+                assert!(udp.iter().all(|l| l.starts_with("ok ")), "[{c}]\n{}", out.dump());
+                assert_eq!(warned, 0, "[{c}]\n{}", out.dump());
+            }
+            for l in out.fields("tcp") {
+                assert!(l.starts_with("ok "), "[{c}] TCP connect failed: {l}\n{}", out.dump());
+            }
+            let mut seen = ua.sources();
+            seen.extend(ub.sources());
+            assert_eq!(seen.len(), if run.is_some() { 9 } else { 10 }, "[{c}] datagrams\n{}", out.dump());
+            expect_sources(&seen, run, lo, hi, "datagram", &out);
+            let peers = tcp.wait_for(3, PEER_WAIT);
+            assert_eq!(peers.len(), 3, "[{c}]\n{}", out.dump());
+            expect_sources(&peers, run, lo, hi, "TCP connection", &out);
+        }
+        // `portrange check`, run the way the service runs, says what is missing.
+        let spec = slice_spec(CLIENT_IP, lo, hi);
+        let human = Run::new(&launcher).no_preload().arg(bin_path()).arg("check").slice(&spec).run();
+        assert!(human.stdout.contains("sock_diag (AF_NETLINK)         UNAVAILABLE"), "{}", human.dump());
+        let json = Run::new(&launcher).no_preload().args([
+            bin_path().as_os_str(),
+            "check".as_ref(),
+            "--json".as_ref(),
+        ]);
+        let json = json.slice(&spec).run();
+        assert!(json.stdout.contains("\"sock_diag\":false"), "{}", json.dump());
+        let free = Run::portrange().args(["check", "--json"]).slice(&spec).run();
+        assert!(free.stdout.contains("\"sock_diag\":true"), "{}", free.dump());
+    });
+}
+
+// ---------------------------------------------------------------------------------------------
+// 7. dup2 over the shim's netlink descriptor
+// ---------------------------------------------------------------------------------------------
+
+/// A thread dup2()s a UDP socket over every netlink socket it finds while three threads place
+/// UDP flows (3 x 2000): the process finishes (a shim that receives on a descriptor that is no
+/// longer its own blocks forever on the program's UDP socket), nearly every flow is placed, and
+/// the peer saw only slice ports.
+#[test]
+fn dup2_over_the_netlink_descriptor_never_hangs() {
+    require!("gcc", "ip");
+    let dir = TempDir::new("dup2-netlink");
+    let prog = cc(&dir, "dup2_netlink", include_str!("../c/dup2_netlink.c"), &[]);
+    in_private_netns(move || {
+        netns_setup();
+        for run in runs() {
+            let udp = UdpRecorder::start(PEER_IP);
+            let (lo, hi) = (43000, 43999);
+            let out = configure(Run::new(&prog), run, lo, hi)
+                .args([PEER_IP, &udp.addr.port().to_string(), "2000"])
+                .timeout(Duration::from_secs(30))
+                .run();
+            assert!(!out.timed_out, "[{}] the process hung\n{}", ctx(run), out.dump());
+            out.assert_success();
+            let n = numbers(&out, "ok");
+            eprintln!("[{}] {}", ctx(run), out.stdout.trim());
+            assert!(n["ok"] >= 5400, "[{}] too many failed flows\n{}", ctx(run), out.dump());
+            expect_sources(&udp.sources(), run, lo, hi, "datagram", &out);
+        }
+    });
+}
+
+// ---------------------------------------------------------------------------------------------
+// 8. Close + reuse of the program's fd around a swap
+// ---------------------------------------------------------------------------------------------
+
+/// The program's socket (bound to 0.0.0.0:0 and asked for its port, so the shim places the
+/// connect on a fresh socket) is closed and its number reused for /dev/null at the moment the
+/// shim creates the fresh socket — what another thread of the program can do at any time
+/// (injected deterministically by a library preloaded after the shim, `c/swap_inject.c`). The
+/// shim must give the placement up rather than dup3 its socket over the program's new file.
+/// TCP and UDP; a control connect after it is placed as usual.
+#[test]
+fn a_swap_never_overwrites_a_reused_descriptor() {
+    require!("gcc", "ip");
+    let dir = TempDir::new("swap-race");
+    let inject =
+        cc(&dir, "swap_inject.so", include_str!("../c/swap_inject.c"), &["-shared", "-fPIC", "-ldl"]);
+    let prog = cc(&dir, "swap_race", include_str!("../c/swap_race.c"), &[]);
+    in_private_netns(move || {
+        netns_setup();
+        for run in runs() {
+            let c = ctx(run);
+            let tcp = Recorder::hold(PEER_IP);
+            let udp = UdpRecorder::start(PEER_IP);
+            let (lo, hi) = (44000, 44099);
+            let out = configure(Run::new(&prog), run, lo, hi)
+                .env("LD_PRELOAD", format!("{} {}", so_path().display(), inject.display()))
+                .args([PEER_IP, &tcp.port().to_string(), &udp.addr.port().to_string()])
+                .run();
+            out.assert_success();
+            for proto in ["tcp", "udp"] {
+                let lines = out.fields(proto);
+                let (injected, control) = (lines[0], lines[1]);
+                if run.is_some() {
+                    assert!(
+                        injected.starts_with("injected 1 ") && injected.ends_with(" fd null"),
+                        "[{c}] {proto}: the shim's socket replaced the program's new file at that number \
+                         (`{injected}`)\n{}",
+                        out.dump()
+                    );
+                    assert!(!injected.contains("connect 0 "), "[{c}] {proto}: {injected}\n{}", out.dump());
+                } else {
+                    assert_eq!(injected, "injected 0 connect 0 0 fd socket", "[{c}] {proto}\n{}", out.dump());
+                }
+                assert_eq!(control, "control 0 0 fd socket", "[{c}] {proto}\n{}", out.dump());
+            }
+            let peers = tcp.wait_for(1, PEER_WAIT);
+            expect_sources(&peers, run, lo, hi, "TCP connection", &out);
+            expect_sources(&udp.sources(), run, lo, hi, "datagram", &out);
+        }
+    });
+}

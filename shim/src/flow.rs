@@ -242,7 +242,7 @@ fn place_udp(flow: Flow, call: Call, mut attempt: impl FnMut(c_int) -> isize) ->
         Err(p) => return finish_placement(p, C::placed_udp, fd, dst, e0, libc::EAGAIN),
     };
     let r = match call {
-        Call::Connect => {
+        Call::Connect if crate::sys::diag::available() => {
             let r = cookie::place(target, candidates, dst, &active.reserved, &mut attempt);
             if matches!(r, Placed::Ok { .. }) {
                 if let Some(ino) = fdtable::ino(fd) {
@@ -251,7 +251,9 @@ fn place_udp(flow: Flow, call: Call, mut attempt: impl FnMut(c_int) -> isize) ->
             }
             r
         }
-        Call::FirstSend => {
+        // Without sock_diag (a hardened service) a connect gets a port of its own, as a first
+        // send does: an exclusive bind is race-free without a look-up, but not shared.
+        Call::Connect | Call::FirstSend => {
             match exclusive::bind_free(target.cur, sock.family, candidates, &active.reserved) {
                 // The owned port is the placement; the send's own outcome (EMSGSIZE...) is the
                 // program's business and does not undo it.
@@ -357,7 +359,7 @@ fn disconnected(fd: c_int) {
             let family = addr::local(fd).map(|(f, _)| f).unwrap_or(libc::AF_INET);
             match crate::sys::swap::fresh_like(fd, family, ino) {
                 Ok(new) => {
-                    if crate::sys::swap::install(new, fd).is_ok() {
+                    if crate::sys::swap::install(new, fd, ino).is_ok() {
                         let ino = fdtable::ino(fd).unwrap_or(0);
                         fdtable::update(
                             fd,

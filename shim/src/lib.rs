@@ -180,6 +180,8 @@ fn build_mode() -> Mode {
             return on_error(parsed.on_error);
         }
     };
+    // Without AF_NETLINK (a hardened service) flows are placed without look-ups; one warning.
+    sys::diag::probe();
     match choice::choose_tcp(&cfg, &choice::KernelFacts::read()) {
         Ok((tcp, why)) => {
             ::log::debug!("tcp strategy {}: {why}", tcp.name());
@@ -200,7 +202,7 @@ fn build_mode() -> Mode {
                 tcp,
                 rotate: AtomicUsize::new(0),
                 reserved: sys::sysctl::Reserved::read(),
-                precheck: parsed.precheck,
+                precheck: parsed.precheck && sys::diag::available(),
             })
         }
         Err(why) => {

@@ -77,7 +77,7 @@ impl Target {
         self.committed = true;
         if !self.is_own() {
             let cur = std::mem::replace(&mut self.cur, self.fd);
-            if let Err(e) = swap::install(cur, self.fd) {
+            if let Err(e) = swap::install(cur, self.fd, self.ino) {
                 // SAFETY: cur is our fresh socket.
                 unsafe { crate::real::close(cur) };
                 return Err(Placed::Setup(e));
@@ -103,7 +103,7 @@ impl Drop for Target {
         self.drop_fresh();
         if self.own_burnt && !self.committed {
             if let Ok(clean) = swap::fresh_like(self.fd, self.family, self.ino) {
-                if swap::install(clean, self.fd).is_err() {
+                if swap::install(clean, self.fd, self.ino).is_err() {
                     // SAFETY: clean is our fresh socket.
                     unsafe { crate::real::close(clean) };
                 }
@@ -132,7 +132,12 @@ impl Target {
             return Bind::Stop(Placed::Setup(e));
         }
         match crate::sys::addr::bind(self.cur, local, self.family) {
-            Ok(()) => Bind::Bound,
+            Ok(()) => {
+                // Until committed, the program's own socket now holds a slice port: a failure
+                // from here on must give the program a clean socket back (never a held port).
+                self.own_burnt |= self.is_own();
+                Bind::Bound
+            }
             Err(libc::EADDRINUSE) => {
                 // A holder without SO_REUSEADDR: a listener, an owned or autobound port, or a UDP
                 // socket in the middle of its own check.

@@ -6,21 +6,28 @@
 //! remote; **for UDP `src` = remote and `dst` = local**. IPv4 flows — also those of v4-mapped
 //! AF_INET6 sockets — are asked as AF_INET.
 //!
-//! The netlink socket is one of the shim's own descriptors: close-on-exec, placed high, checked
-//! before each use, one per process (re-opened after fork: a shared one would interleave the
-//! parent's and the child's replies) and per network namespace (re-opened when the socket being
-//! placed lives in another one). Threads take turns on it (a request and its reply under one
-//! lock): a thread that read another thread's reply would leave that thread waiting forever.
+//! The netlink socket is opened for one look-up and closed after it (issue 8, item 7): no
+//! descriptor shared between threads or across fork, no lock, nothing to re-open per process or
+//! per network namespace (it is created in the calling thread's namespace). Whatever the program
+//! does to fd numbers meanwhile (dup2 over it, close_range), the shim
+//! - checks the number still holds its socket (device, inode) immediately before sending and
+//!   before closing, and gives the look-up up otherwise;
+//! - never blocks on it: the kernel answers a sock_diag request inside the `sendto` call, so the
+//!   reply is read with MSG_DONTWAIT (nothing there = an error, not a wait);
+//! - never consumes a byte from it: the reply is read with MSG_PEEK (the socket and its queue
+//!   are discarded by the close), and accepted only from the kernel's netlink address — a
+//!   program's socket never yields one.
+//!
+//! Without AF_NETLINK (a hardened service, a seccomp filter) `available()` turns false for the
+//! process and a one-time warning says what that costs (`portrange::sockdiag::COST`).
 
 use crate::real;
-use crate::sys::ownfd::OwnFd;
 use libc::c_int;
 use std::net::{IpAddr, SocketAddr};
-use std::sync::atomic::{AtomicI32, AtomicU32, AtomicU64, Ordering::Relaxed};
+use std::sync::atomic::{AtomicI32, AtomicU32, Ordering::Relaxed};
 
 const SOCK_DIAG_BY_FAMILY: u16 = 20;
 const INET_DIAG_NOCOOKIE: u32 = !0;
-const SO_NETNS_COOKIE: c_int = 71;
 pub const TCP_TIME_WAIT: u8 = 6;
 
 #[repr(C)]
@@ -79,100 +86,91 @@ pub struct Found {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct DiagError(pub c_int);
 
-static NL: OwnFd = OwnFd::new();
-/// The process and network namespace NL was opened for.
-static NL_PID: AtomicI32 = AtomicI32::new(0);
-static NL_NETNS: AtomicU64 = AtomicU64::new(0);
+/// 0 while sock_diag is usable; otherwise the errno that socket() gave (a sandbox).
+static UNAVAILABLE: AtomicI32 = AtomicI32::new(0);
+/// Sequence numbers (a fresh socket has only our request, but a distinct number costs nothing).
 static SEQ: AtomicU32 = AtomicU32::new(1);
-/// The lock: the pid of the process whose thread holds it, or 0. Keyed by pid, so a fork while
-/// another thread held it leaves the child's copy free (that thread does not exist there).
-static LOCK: AtomicI32 = AtomicI32::new(0);
 
-struct Turn;
+/// Whether look-ups can be made in this process (false once socket(AF_NETLINK) was refused).
+pub fn available() -> bool {
+    UNAVAILABLE.load(Relaxed) == 0
+}
 
-impl Turn {
-    fn take() -> Turn {
-        // SAFETY: getpid has no preconditions.
-        let pid = unsafe { libc::getpid() };
-        let mut spins = 0u32;
-        loop {
-            let cur = LOCK.load(Relaxed);
-            if (cur == 0 || cur != pid)
-                && LOCK.compare_exchange(cur, pid, std::sync::atomic::Ordering::Acquire, Relaxed).is_ok()
-            {
-                return Turn;
+/// Record that sock_diag cannot be used (errno `e`), with a one-time warning.
+pub fn mark_unavailable(e: c_int) {
+    if UNAVAILABLE.swap(e, Relaxed) == 0 {
+        log::warn!(
+            "sock_diag is unavailable (socket(AF_NETLINK, NETLINK_SOCK_DIAG): {}): {}",
+            std::io::Error::from_raw_os_error(e),
+            portrange_lib::sockdiag::COST
+        );
+    }
+}
+
+/// Probe once at initialisation (a sandbox applied before exec is known from the start).
+pub fn probe() {
+    if let Err(e) = portrange_lib::sockdiag::probe() {
+        mark_unavailable(e);
+    }
+}
+
+/// The identity (device, inode) of what `fd` refers to.
+fn identity(fd: c_int) -> Option<(u64, u64)> {
+    // SAFETY: fstat into a zeroed struct; any fd number is acceptable to fstat.
+    let mut st: libc::stat = unsafe { std::mem::zeroed() };
+    // SAFETY: as above.
+    (unsafe { libc::fstat(fd, &mut st) } == 0).then_some((st.st_dev, st.st_ino))
+}
+
+/// A NETLINK_SOCK_DIAG socket for one look-up, closed on drop if the number is still ours.
+struct Netlink {
+    fd: c_int,
+    id: (u64, u64),
+}
+
+impl Netlink {
+    fn open() -> Result<Netlink, DiagError> {
+        if !available() {
+            return Err(DiagError(UNAVAILABLE.load(Relaxed)));
+        }
+        // SAFETY: a plain socket() call.
+        let fd = unsafe {
+            libc::socket(
+                libc::AF_NETLINK,
+                libc::SOCK_DGRAM | libc::SOCK_CLOEXEC | libc::SOCK_NONBLOCK,
+                libc::NETLINK_SOCK_DIAG,
+            )
+        };
+        if fd < 0 {
+            let e = crate::errno::get();
+            if portrange_lib::sockdiag::lasting(e) {
+                mark_unavailable(e);
             }
-            spins += 1;
-            if spins < 64 {
-                std::hint::spin_loop();
-            } else {
-                std::thread::yield_now();
-            }
+            return Err(DiagError(e));
+        }
+        match identity(fd) {
+            Some(id) => Ok(Netlink { fd, id }),
+            None => Err(DiagError(libc::EBADF)), // already taken from us: nothing of ours to close
+        }
+    }
+
+    /// The fd, if the number still refers to our socket.
+    fn ours(&self) -> Result<c_int, DiagError> {
+        if identity(self.fd) == Some(self.id) {
+            Ok(self.fd)
+        } else {
+            Err(DiagError(libc::EBADF))
         }
     }
 }
 
-impl Drop for Turn {
+impl Drop for Netlink {
     fn drop(&mut self) {
-        LOCK.store(0, std::sync::atomic::Ordering::Release);
-    }
-}
-
-/// The network namespace cookie of a socket (Linux 5.14+; 0 if unknown).
-fn netns_of(fd: c_int) -> u64 {
-    let mut v: u64 = 0;
-    let mut len = 8 as libc::socklen_t;
-    // SAFETY: v is 8 writable bytes.
-    let r = unsafe {
-        real::getsockopt(fd, libc::SOL_SOCKET, SO_NETNS_COOKIE, (&mut v as *mut u64).cast(), &mut len)
-    };
-    if r == 0 {
-        v
-    } else {
-        0
-    }
-}
-
-/// The netlink socket for lookups about `subject` (a socket of the program): this process's,
-/// in `subject`'s network namespace.
-fn netlink(subject: c_int) -> Result<c_int, DiagError> {
-    // SAFETY: getpid has no preconditions.
-    let pid = unsafe { libc::getpid() };
-    let want_ns = netns_of(subject);
-    if let Some(fd) = NL.get() {
-        if NL_PID.load(Relaxed) == pid && (want_ns == 0 || NL_NETNS.load(Relaxed) == want_ns) {
-            return Ok(fd);
+        if let Ok(fd) = self.ours() {
+            // SAFETY: the number still refers to our own socket.
+            unsafe { real::close(fd) };
         }
-        // Another namespace, or the parent's socket inherited through fork: this process's copy
-        // is closed (the parent's own descriptor is not affected) and a new one opened.
-        NL.close();
     }
-    // SAFETY: a plain socket() call.
-    let fd = unsafe {
-        libc::socket(libc::AF_NETLINK, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, libc::NETLINK_SOCK_DIAG)
-    };
-    if fd < 0 {
-        return Err(DiagError(crate::errno::get()));
-    }
-    // A reply that never comes (it cannot, but) must not hang the program's connect.
-    let tv = libc::timeval { tv_sec: 1, tv_usec: 0 };
-    // SAFETY: tv is a valid timeval.
-    unsafe {
-        real::setsockopt(
-            fd,
-            libc::SOL_SOCKET,
-            libc::SO_RCVTIMEO,
-            (&tv as *const libc::timeval).cast(),
-            std::mem::size_of::<libc::timeval>() as libc::socklen_t,
-        )
-    };
-    if !NL.adopt(fd) {
-        return Err(DiagError(libc::EBADF));
-    }
-    let fd = NL.get().ok_or(DiagError(libc::EBADF))?;
-    NL_PID.store(pid, Relaxed);
-    NL_NETNS.store(if want_ns != 0 { want_ns } else { netns_of(fd) }, Relaxed);
-    Ok(fd)
 }
 
 fn words(ip: IpAddr) -> [u32; 4] {
@@ -194,8 +192,8 @@ fn lookup(
     dst: SocketAddr,
     ifindex: u32,
 ) -> Result<Option<Found>, DiagError> {
-    let _turn = Turn::take();
-    let nl = netlink(subject)?;
+    let _ = subject; // the look-up runs in the calling thread's network namespace
+    let nl = Netlink::open()?;
     let family = if crate::config::canonical(dst.ip()).is_ipv4() { libc::AF_INET } else { libc::AF_INET6 };
     let seq = SEQ.fetch_add(1, Relaxed);
     let req = Request {
@@ -222,15 +220,17 @@ fn lookup(
             },
         },
     };
+    // SAFETY: sockaddr_nl is plain data; all-zero is valid (nl_pid 0 = the kernel).
     let mut kernel: libc::sockaddr_nl = unsafe { std::mem::zeroed() };
     kernel.nl_family = libc::AF_NETLINK as u16;
-    // SAFETY: req and kernel are valid for their sizes.
+    let fd = nl.ours()?;
+    // SAFETY: req and kernel are valid for their sizes; fd was checked to be our socket.
     let n = unsafe {
         real::sendto(
-            nl,
+            fd,
             (&req as *const Request).cast(),
             std::mem::size_of::<Request>(),
-            0,
+            libc::MSG_DONTWAIT,
             (&kernel as *const libc::sockaddr_nl).cast(),
             std::mem::size_of::<libc::sockaddr_nl>() as libc::socklen_t,
         )
@@ -239,45 +239,72 @@ fn lookup(
         return Err(DiagError(crate::errno::get()));
     }
     let mut buf = [0u64; 128]; // 1 KiB, aligned
-    loop {
-        // SAFETY: buf is writable for its size.
-        let n = unsafe { libc::recv(nl, buf.as_mut_ptr().cast(), std::mem::size_of_val(&buf), 0) };
-        if n < 0 {
-            let e = crate::errno::get();
-            if e == libc::EINTR {
-                continue;
-            }
-            return Err(DiagError(e));
+    let n = peek(fd, &mut buf)?;
+    parse_reply(&buf, n, seq)
+}
+
+/// Peek at the datagram queued on `fd`, without waiting and without consuming it; accepted only
+/// if it came from the kernel's netlink address (a program's socket never yields one).
+fn peek(fd: c_int, buf: &mut [u64; 128]) -> Result<usize, DiagError> {
+    // SAFETY: sockaddr_nl is plain data.
+    let mut from: libc::sockaddr_nl = unsafe { std::mem::zeroed() };
+    let mut iov = libc::iovec { iov_base: buf.as_mut_ptr().cast(), iov_len: std::mem::size_of_val(buf) };
+    // SAFETY: msghdr is plain data; the fields set below point at live buffers.
+    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+    msg.msg_name = (&mut from as *mut libc::sockaddr_nl).cast();
+    msg.msg_namelen = std::mem::size_of::<libc::sockaddr_nl>() as libc::socklen_t;
+    msg.msg_iov = &mut iov;
+    msg.msg_iovlen = 1;
+    let n = loop {
+        // The reply is queued before sendto returns: never wait for it.
+        // SAFETY: msg points at valid buffers for its whole use.
+        let n = unsafe { libc::recvmsg(fd, &mut msg, libc::MSG_PEEK | libc::MSG_DONTWAIT) };
+        if n < 0 && crate::errno::get() == libc::EINTR {
+            continue;
         }
-        let n = n as usize;
-        if n < std::mem::size_of::<libc::nlmsghdr>() {
-            return Err(DiagError(libc::EPROTO));
-        }
-        // SAFETY: n >= header size; buf is 8-aligned.
-        let hdr: libc::nlmsghdr = unsafe { std::ptr::read(buf.as_ptr().cast()) };
-        if hdr.nlmsg_seq != seq {
-            continue; // a stale answer to an earlier, interrupted request
-        }
-        let body = std::mem::size_of::<libc::nlmsghdr>();
-        if hdr.nlmsg_type == libc::NLMSG_ERROR as u16 {
-            // SAFETY: an nlmsgerr starts with an i32 error right after the header.
-            let err: i32 = unsafe { std::ptr::read_unaligned((buf.as_ptr() as *const u8).add(body).cast()) };
-            return match -err {
-                0 | libc::ENOENT => Ok(None),
-                e => Err(DiagError(e)),
-            };
-        }
-        if hdr.nlmsg_type != SOCK_DIAG_BY_FAMILY || n < body + std::mem::size_of::<DiagMsg>() {
-            return Err(DiagError(libc::EPROTO));
-        }
-        // SAFETY: checked length; read_unaligned for the body.
-        let msg: DiagMsg = unsafe { std::ptr::read_unaligned((buf.as_ptr() as *const u8).add(body).cast()) };
-        return Ok(Some(Found {
-            cookie: u64::from(msg.id.cookie[0]) | (u64::from(msg.id.cookie[1]) << 32),
-            state: msg.state,
-            inode: msg.inode,
-        }));
+        break n;
+    };
+    if n < 0 {
+        return Err(DiagError(crate::errno::get()));
     }
+    if from.nl_family != libc::AF_NETLINK as u16 || from.nl_pid != 0 {
+        return Err(DiagError(libc::EPROTO));
+    }
+    Ok(n as usize)
+}
+
+/// The answer in the first `n` bytes of `buf` to request `seq`.
+fn parse_reply(buf: &[u64; 128], n: usize, seq: u32) -> Result<Option<Found>, DiagError> {
+    if n < std::mem::size_of::<libc::nlmsghdr>() {
+        return Err(DiagError(libc::EPROTO));
+    }
+    // SAFETY: n >= header size; buf is 8-aligned.
+    let hdr: libc::nlmsghdr = unsafe { std::ptr::read(buf.as_ptr().cast()) };
+    if hdr.nlmsg_seq != seq {
+        return Err(DiagError(libc::EPROTO));
+    }
+    let body = std::mem::size_of::<libc::nlmsghdr>();
+    if hdr.nlmsg_type == libc::NLMSG_ERROR as u16 {
+        if n < body + 4 {
+            return Err(DiagError(libc::EPROTO));
+        }
+        // SAFETY: an nlmsgerr starts with an i32 error right after the header (length checked).
+        let err: i32 = unsafe { std::ptr::read_unaligned((buf.as_ptr() as *const u8).add(body).cast()) };
+        return match -err {
+            0 | libc::ENOENT => Ok(None),
+            e => Err(DiagError(e)),
+        };
+    }
+    if hdr.nlmsg_type != SOCK_DIAG_BY_FAMILY || n < body + std::mem::size_of::<DiagMsg>() {
+        return Err(DiagError(libc::EPROTO));
+    }
+    // SAFETY: checked length; read_unaligned for the body.
+    let msg: DiagMsg = unsafe { std::ptr::read_unaligned((buf.as_ptr() as *const u8).add(body).cast()) };
+    Ok(Some(Found {
+        cookie: u64::from(msg.id.cookie[0]) | (u64::from(msg.id.cookie[1]) << 32),
+        state: msg.state,
+        inode: msg.inode,
+    }))
 }
 
 /// The TCP socket holding `local` → `remote` (ESTABLISHED, SYN_SENT, TIME_WAIT, ...), if any.
@@ -384,7 +411,7 @@ mod tests {
     }
 
     #[test]
-    fn threads_take_turns() {
+    fn threads_look_up_in_parallel() {
         let l = TcpListener::bind("127.0.0.1:0").unwrap();
         let c = TcpStream::connect(l.local_addr().unwrap()).unwrap();
         let (local, remote) = (c.local_addr().unwrap(), c.peer_addr().unwrap());
@@ -404,11 +431,26 @@ mod tests {
     }
 
     #[test]
-    fn one_netlink_socket_reused() {
+    fn no_descriptor_outlives_a_lookup() {
         let s = UdpSocket::bind("127.0.0.1:0").unwrap();
-        let a = netlink(s.as_raw_fd()).unwrap();
-        let b = netlink(s.as_raw_fd()).unwrap();
-        assert_eq!(a, b);
-        assert!(a >= 3);
+        let before = std::fs::read_dir("/proc/self/fd").unwrap().count();
+        let local = s.local_addr().unwrap();
+        let f = udp(s.as_raw_fd(), local, "127.0.0.1:9".parse().unwrap(), 0).unwrap().unwrap();
+        assert_eq!(Some(f.cookie), cookie(s.as_raw_fd()));
+        assert_eq!(std::fs::read_dir("/proc/self/fd").unwrap().count(), before);
+    }
+
+    #[test]
+    fn a_program_socket_never_answers_and_loses_nothing() {
+        // Had the number become a program's UDP socket: its datagram is refused, not consumed,
+        // and an empty one does not block.
+        let a = UdpSocket::bind("127.0.0.1:0").unwrap();
+        let mut buf = [0u64; 128];
+        assert_eq!(peek(a.as_raw_fd(), &mut buf), Err(DiagError(libc::EAGAIN)));
+        let b = UdpSocket::bind("127.0.0.1:0").unwrap();
+        b.send_to(b"xx", a.local_addr().unwrap()).unwrap();
+        assert_eq!(peek(a.as_raw_fd(), &mut buf), Err(DiagError(libc::EPROTO)));
+        let mut got = [0u8; 4];
+        assert_eq!(a.recv(&mut got).unwrap(), 2, "the datagram is still there");
     }
 }

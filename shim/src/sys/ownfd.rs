@@ -39,19 +39,6 @@ impl OwnFd {
         OwnFd { fd: AtomicI32::new(-1), dev: AtomicU64::new(0), ino: AtomicU64::new(0) }
     }
 
-    /// Adopt `fd` (already close-on-exec) as this own descriptor, moving it high.
-    pub fn adopt(&self, fd: c_int) -> bool {
-        // SAFETY: F_DUPFD_CLOEXEC on an fd we own; then close the low copy.
-        let high = unsafe { real::fcntl(fd, libc::F_DUPFD_CLOEXEC, high_floor() as libc::c_ulong) };
-        let fd = if high >= 0 {
-            unsafe { real::close(fd) };
-            high
-        } else {
-            fd
-        };
-        self.set(fd)
-    }
-
     fn set(&self, fd: c_int) -> bool {
         match identity(fd) {
             Some((dev, ino)) => {
@@ -61,15 +48,6 @@ impl OwnFd {
                 true
             }
             None => false,
-        }
-    }
-
-    /// Close it if it is still ours.
-    pub fn close(&self) {
-        if let Some(fd) = self.get() {
-            self.fd.store(-1, Relaxed);
-            // SAFETY: the number still refers to our own descriptor.
-            unsafe { real::close(fd) };
         }
     }
 

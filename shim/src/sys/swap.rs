@@ -49,31 +49,43 @@ pub fn fresh_like(old: c_int, family: c_int, ino: u64) -> Result<c_int, SwapErro
 
 /// Put `new` in place of the program's `fd` (keeping FD_CLOEXEC and its epoll registration),
 /// then close `new`'s own number. The fd table entry moves to the new socket.
-pub fn install(new: c_int, fd: c_int) -> Result<(), c_int> {
-    // SAFETY: fcntl/epoll_ctl/dup3/close on the program's fd and our fresh socket.
-    unsafe {
-        let fdflags = real::fcntl(fd, libc::F_GETFD, 0);
-        if fdflags < 0 {
-            return Err(crate::errno::get());
-        }
-        // Is the recorded epoll registration real? MOD with the same values changes nothing and
-        // fails with ENOENT if the fd is not (or no longer) in that set.
-        let ep = fdtable::epoll_of(fd).filter(|&(epfd, events, data)| {
-            let mut ev = libc::epoll_event { events, u64: data };
-            libc::epoll_ctl(epfd, libc::EPOLL_CTL_MOD, fd, &mut ev) == 0
-        });
-        let cloexec = if fdflags & libc::FD_CLOEXEC != 0 { libc::O_CLOEXEC } else { 0 };
-        if real::dup3(new, fd, cloexec) < 0 {
-            return Err(crate::errno::get());
-        }
-        real::close(new);
-        if let Some((epfd, events, data)) = ep {
-            let mut ev = libc::epoll_event { events, u64: data };
-            libc::epoll_ctl(epfd, libc::EPOLL_CTL_ADD, fd, &mut ev);
-        }
-        if let Some(ino) = fdtable::ino(fd) {
-            fdtable::rekey(fd, ino);
-        }
+///
+/// `expect` is the inode of the program's socket being placed: `fd` is checked to still hold it
+/// immediately before the `dup3`. Another thread of the program may have closed `fd` meanwhile
+/// and reused the number for another file; that file must not be replaced, so the swap is given
+/// up (`Err(EBADF)`: the program closed the socket) and `new` is left to the caller.
+pub fn install(new: c_int, fd: c_int, expect: u64) -> Result<(), c_int> {
+    // SAFETY: fcntl on the program's fd (read-only: F_GETFD).
+    let fdflags = unsafe { real::fcntl(fd, libc::F_GETFD, 0) };
+    if fdflags < 0 {
+        return Err(crate::errno::get());
+    }
+    // Is the recorded epoll registration real? MOD with the same values changes nothing and
+    // fails with ENOENT if the fd is not (or no longer) in that set.
+    let ep = fdtable::epoll_of(fd).filter(|&(epfd, events, data)| {
+        let mut ev = libc::epoll_event { events, u64: data };
+        // SAFETY: ev is a valid epoll_event; MOD with the recorded values is a no-op.
+        unsafe { libc::epoll_ctl(epfd, libc::EPOLL_CTL_MOD, fd, &mut ev) == 0 }
+    });
+    let cloexec = if fdflags & libc::FD_CLOEXEC != 0 { libc::O_CLOEXEC } else { 0 };
+    // The last look before overwriting the number: it must still be the socket being placed.
+    // (What remains is the few hundred nanoseconds between this fstat and the dup3.)
+    if fdtable::ino(fd) != Some(expect) {
+        return Err(libc::EBADF);
+    }
+    // SAFETY: dup3 of our fresh socket over the program's fd, which holds the socket we place.
+    if unsafe { real::dup3(new, fd, cloexec) } < 0 {
+        return Err(crate::errno::get());
+    }
+    // SAFETY: `new` is our fresh socket's own number, now duplicated into `fd`.
+    unsafe { real::close(new) };
+    if let Some((epfd, events, data)) = ep {
+        let mut ev = libc::epoll_event { events, u64: data };
+        // SAFETY: ev is a valid epoll_event.
+        unsafe { libc::epoll_ctl(epfd, libc::EPOLL_CTL_ADD, fd, &mut ev) };
+    }
+    if let Some(ino) = fdtable::ino(fd) {
+        fdtable::rekey(fd, ino);
     }
     Ok(())
 }
@@ -100,7 +112,8 @@ mod tests {
             assert_ne!(real::fcntl(new, libc::F_GETFL, 0) & libc::O_NONBLOCK, 0);
             assert_eq!(get_int(new, libc::IPPROTO_TCP, libc::TCP_NODELAY), Some(1));
             let new_ino = fdtable::ino(new).unwrap();
-            install(new, fd).unwrap();
+            assert_eq!(install(new, fd, ino + 1), Err(libc::EBADF), "another socket: given up");
+            install(new, fd, ino).unwrap();
 
             assert_eq!(fdtable::ino(fd), Some(new_ino), "the fd now holds the fresh socket");
             assert_eq!(libc::fcntl(new, libc::F_GETFD), -1, "the fresh number is closed");

@@ -108,10 +108,11 @@ pub fn report_json(ev: &Evaluation) -> String {
     );
     let _ = write!(
         o,
-        ",\"kernel\":{{\"ip_local_port_range_option\":{},\"ip_local_port_range\":{},\"tcp_tw_reuse\":{}}}",
+        ",\"kernel\":{{\"ip_local_port_range_option\":{},\"ip_local_port_range\":{},\"tcp_tw_reuse\":{},\"sock_diag\":{}}}",
         facts.local_port_range_option,
         facts.sysctl_range.map(|(a, b)| format!("[{a},{b}]")).unwrap_or_else(|| "null".into()),
-        facts.tw_reuse.map(|v| v.to_string()).unwrap_or_else(|| "null".into())
+        facts.tw_reuse.map(|v| v.to_string()).unwrap_or_else(|| "null".into()),
+        portrange::sockdiag::probe().is_ok()
     );
     if let Some(c) = ev.config() {
         let slices: Vec<String> = ev
@@ -205,6 +206,21 @@ pub fn report_text(ev: &Evaluation) -> String {
         if let Some(t) = facts.tw_reuse {
             let _ = writeln!(o, "  net.ipv4.tcp_tw_reuse          {t}");
         }
+        // Hardened services may not open AF_NETLINK sockets: run `check` the way the service runs.
+        let sock_diag = portrange::sockdiag::probe();
+        match sock_diag {
+            Ok(()) => {
+                let _ = writeln!(o, "  sock_diag (AF_NETLINK)         usable");
+            }
+            Err(e) => {
+                let _ = writeln!(
+                    o,
+                    "  sock_diag (AF_NETLINK)         UNAVAILABLE ({}): {}",
+                    std::io::Error::from_raw_os_error(e),
+                    portrange::sockdiag::COST
+                );
+            }
+        }
         let _ = writeln!(o, "\nwhat the shim will do");
         if let Some((t, why)) = &ev.strategy {
             let _ = writeln!(
@@ -213,10 +229,12 @@ pub fn report_text(ev: &Evaluation) -> String {
                 t.name()
             );
         }
-        let _ = writeln!(
-            o,
-            "  UDP connect: cookie-checked port (shared across peers, never a 4-tuple); full → EAGAIN"
-        );
+        let udp = if sock_diag.is_ok() {
+            "cookie-checked port (shared across peers, never a 4-tuple)"
+        } else {
+            "a slice port of its own (no sock_diag: not shared across peers)"
+        };
+        let _ = writeln!(o, "  UDP connect: {udp}; full → EAGAIN");
         let _ = writeln!(o, "  UDP first unconnected send: a slice port of its own; full → EAGAIN");
         let v4: u32 = c.slices.iter().filter(|s| s.ip.is_ipv4()).map(|s| s.size()).sum();
         let v6: u32 = c.slices.iter().filter(|s| s.ip.is_ipv6()).map(|s| s.size()).sum();
