@@ -145,6 +145,7 @@ fn numbers(out: &Output, first_key: &str) -> std::collections::HashMap<String, i
 /// forked while another thread was inside it inherits the lock held and hangs at its first line.
 #[test]
 fn fork_while_threads_log_never_hangs_a_child() {
+    require_netns!();
     require!("gcc", "ip");
     let dir = TempDir::new("fork-log");
     let prog = cc(&dir, "fork_log", include_str!("../c/fork_log.c"), &[]);
@@ -190,6 +191,7 @@ fn fork_while_threads_log_never_hangs_a_child() {
 /// are placed all the same: the shim initialises on its first hooked call.
 #[test]
 fn a_constructor_that_connects_before_ours_is_placed() {
+    require_netns!();
     require!("gcc", "ip");
     let dir = TempDir::new("early");
     let lib = cc(&dir, "libearly.so", include_str!("../c/early_lib.c"), &["-shared", "-fPIC"]);
@@ -253,6 +255,7 @@ fn a_constructor_that_connects_before_ours_is_placed() {
 /// strategies, one log line says sock_diag is unavailable, and `portrange check` says so.
 #[test]
 fn without_af_netlink_flows_are_still_placed() {
+    require_netns!();
     require!("gcc", "ip");
     let dir = TempDir::new("no-netlink");
     let launcher = cc(&dir, "no_netlink", include_str!("../c/no_netlink.c"), &[]);
@@ -355,6 +358,7 @@ fn without_af_netlink_flows_are_still_placed() {
 /// the peer saw only slice ports.
 #[test]
 fn dup2_over_the_netlink_descriptor_never_hangs() {
+    require_netns!();
     require!("gcc", "ip");
     let dir = TempDir::new("dup2-netlink");
     let prog = cc(&dir, "dup2_netlink", include_str!("../c/dup2_netlink.c"), &[]);
@@ -389,6 +393,7 @@ fn dup2_over_the_netlink_descriptor_never_hangs() {
 /// TCP and UDP; a control connect after it is placed as usual.
 #[test]
 fn a_swap_never_overwrites_a_reused_descriptor() {
+    require_netns!();
     require!("gcc", "ip");
     let dir = TempDir::new("swap-race");
     let inject =

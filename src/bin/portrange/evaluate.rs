@@ -88,7 +88,9 @@ fn describe(e: &ConfigError, flags: &ShimFlags) -> String {
 fn bind_check(ip: IpAddr) -> Option<String> {
     match std::net::UdpSocket::bind(SocketAddr::new(ip, 0)) {
         Ok(_) => None,
-        Err(e) if e.raw_os_error() == Some(libc::EADDRNOTAVAIL) => Some("a bind to it fails: EADDRNOTAVAIL".into()),
+        Err(e) if e.raw_os_error() == Some(libc::EADDRNOTAVAIL) => {
+            Some("a bind to it fails: EADDRNOTAVAIL".into())
+        }
         Err(e) => Some(format!("a bind to it fails: {e}")),
     }
 }
