@@ -13,6 +13,10 @@
 //!
 //! Configurations run interleaved, `--rounds` times; each figure is the median over rounds.
 
+// The nginx load run (issue 13) lives in its own file: examples/bench/nginx.rs.
+#[path = "bench/nginx.rs"]
+mod nginx;
+
 use std::io::{BufRead, Read, Write};
 use std::net::{SocketAddr, TcpListener};
 use std::os::fd::AsRawFd;
@@ -58,6 +62,9 @@ fn main() {
             so.display()
         );
         std::process::exit(2);
+    }
+    if args.iter().any(|a| a == "--nginx") {
+        return nginx::main(&so, rounds, flag("--requests", 20000));
     }
 
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
@@ -175,6 +182,7 @@ fn main() {
         println!("{:<36} {:>11.2} {:>9.2}x", c.name, m, m / send_base);
     }
     drop(udp_server);
+    nginx::main(&so, rounds, flag("--requests", 20000));
 }
 
 #[derive(Clone, Copy)]

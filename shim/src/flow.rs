@@ -115,7 +115,7 @@ unsafe fn outgoing(fd: c_int, dst: SocketAddr, call: Call, mut attempt: impl FnM
                 Decision::Leave(why) => {
                     leave(why, &sock, dst);
                     if flags & flag::DEFERRED_BIND != 0 {
-                        materialize(fd, ino, sock.family);
+                        let _ = materialize(fd, ino, sock.family);
                     }
                     pass(&mut attempt)
                 }
@@ -127,7 +127,7 @@ unsafe fn outgoing(fd: c_int, dst: SocketAddr, call: Call, mut attempt: impl FnM
                 fdtable::update(fd, ino, flag::SETTLED, 0);
             }
             if flags & flag::DEFERRED_BIND != 0 {
-                materialize(fd, ino, sock.family);
+                let _ = materialize(fd, ino, sock.family);
             }
             pass(&mut attempt)
         }
@@ -187,7 +187,8 @@ fn place_tcp(flow: Flow, mut attempt: impl FnMut(c_int) -> isize) -> isize {
     // The program's own socket can take the placement unless it already holds a port (a
     // deferred wildcard bind carried out for getsockname, or an earlier attempt of ours).
     let own_usable = sock.local.port() == 0;
-    let retry = Retry { reserved: &active.reserved, precheck: active.precheck };
+    let retry =
+        Retry { reserved: &active.reserved, precheck: active.precheck, tw_reusable: active.tw_reusable };
     fdtable::update(fd, ino, flag::SHIM_REUSEADDR | flag::SHIM_NO_PORT | flag::SHIM_RANGE, 0);
     let target = |own: bool| Target::new(fd, ino, sock.family, own);
     let (r, how) = match active.tcp {
@@ -198,7 +199,7 @@ fn place_tcp(flow: Flow, mut attempt: impl FnMut(c_int) -> isize) -> isize {
                 (!ip.is_unspecified()).then_some(ip)
             });
             let r = match target(own_usable) {
-                Ok(t) => kernel::place(t, candidates(), bound, &mut attempt),
+                Ok(t) => kernel::place(t, candidates, bound, &retry, dst, &mut attempt),
                 Err(p) => p,
             };
             match r {
@@ -210,7 +211,7 @@ fn place_tcp(flow: Flow, mut attempt: impl FnMut(c_int) -> isize) -> isize {
                          with the retry strategy"
                     );
                     let r = match target(true) {
-                        Ok(t) => retry.place(t, candidates(), dst, &mut attempt),
+                        Ok(t) => retry.place(t, candidates, dst, &mut attempt),
                         Err(p) => p,
                     };
                     (r, C::placed_tcp_retry)
@@ -220,7 +221,7 @@ fn place_tcp(flow: Flow, mut attempt: impl FnMut(c_int) -> isize) -> isize {
         }
         _ => {
             let r = match target(own_usable) {
-                Ok(t) => retry.place(t, candidates(), dst, &mut attempt),
+                Ok(t) => retry.place(t, candidates, dst, &mut attempt),
                 Err(p) => p,
             };
             (r, C::placed_tcp_retry)
@@ -292,7 +293,11 @@ fn finish_placement(r: Placed, how: C, fd: c_int, dst: SocketAddr, e0: c_int, ex
         }
         Placed::Exhausted => {
             fdtable::update(fd, ino, tried, flag::DEFERRED_BIND);
-            log::info!("fd {fd} to {dst}: every slice is exhausted for this destination");
+            crate::strategy::refusal::refused(
+                if how == C::placed_udp { "udp" } else { "tcp" },
+                dst,
+                exhausted,
+            );
             fail(exhausted)
         }
         Placed::NotLocal(ip) => {
@@ -405,7 +410,7 @@ unsafe fn send(
             }
         }
         (Some(Mode::Active(_)), None) => {
-            materialize_if_deferred(fd);
+            let _ = materialize_if_deferred(fd);
             send(fd)
         }
         _ => send(fd),
@@ -572,38 +577,87 @@ pub unsafe fn closefrom(low: c_int) {
     real::closefrom(low)
 }
 
-/// Carry out a deferred bind(wildcard, 0): the program needs its port now, or the flow is left
-/// alone and must behave exactly as without the shim.
-fn materialize(fd: c_int, ino: u64, family: c_int) {
-    let any = if family == libc::AF_INET6 {
-        SocketAddr::new(std::net::Ipv6Addr::UNSPECIFIED.into(), 0)
-    } else {
-        SocketAddr::new(std::net::Ipv4Addr::UNSPECIFIED.into(), 0)
-    };
-    let _ = addr::bind(fd, any, family);
-    fdtable::update(fd, ino, flag::WILDCARD_PORT, flag::DEFERRED_BIND);
+/// Carry out a deferred bind: the program needs its port now (getsockname, listen), or the flow
+/// is left alone. A deferred bind(wildcard, 0) gets the kernel's port and must behave exactly
+/// as without the shim; a deferred bind(SLICE_IP, 0) (the socket holds the IP, no port) gets a
+/// port of that IP's slices of its own, as the kernel would have given one at bind time.
+/// `Err(errno)` when the slices have no free port.
+fn materialize(fd: c_int, ino: u64, family: c_int) -> Result<(), c_int> {
+    let ip = addr::local(fd).map(|(_, a)| crate::config::canonical(a.ip()));
+    match (ip, mode()) {
+        (Some(ip), Some(Mode::Active(active))) if !ip.is_unspecified() => {
+            let slices = active.cfg.slices.iter().filter(|s| s.ip == ip);
+            let r = bind_slice_port(fd, family, slices, &active.reserved);
+            fdtable::update(fd, ino, if r.is_ok() { flag::PLACED } else { 0 }, flag::DEFERRED_BIND);
+            r
+        }
+        _ => {
+            let any = if family == libc::AF_INET6 {
+                SocketAddr::new(std::net::Ipv6Addr::UNSPECIFIED.into(), 0)
+            } else {
+                SocketAddr::new(std::net::Ipv4Addr::UNSPECIFIED.into(), 0)
+            };
+            let _ = addr::bind(fd, any, family);
+            fdtable::update(fd, ino, flag::WILDCARD_PORT, flag::DEFERRED_BIND);
+            Ok(())
+        }
+    }
+}
+
+/// A port of one of `slices` owned by `fd` (SO_REUSEADDR=0 while binding; the program's own
+/// value is put back: a port it binds this way is its own to share).
+fn bind_slice_port<'a>(
+    fd: c_int,
+    family: c_int,
+    slices: impl Iterator<Item = &'a crate::config::Slice>,
+    reserved: &crate::sys::sysctl::Reserved,
+) -> Result<(), c_int> {
+    let prog_reuse = addr::get_int(fd, libc::SOL_SOCKET, libc::SO_REUSEADDR).unwrap_or(0) != 0;
+    let r = crate::strategy::exclusive::bind_free(fd, family, slices, reserved);
+    let _ = addr::set_u32(fd, libc::SOL_SOCKET, libc::SO_REUSEADDR, u32::from(prog_reuse));
+    match r {
+        Ok((slice, at)) => {
+            stats::bump(C::placed_bind);
+            log::debug!("fd {fd}: given {at} (slice {slice})");
+            Ok(())
+        }
+        Err(e) => {
+            log::info!("fd {fd}: no free port in its slices ({})", std::io::Error::from_raw_os_error(e));
+            Err(e)
+        }
+    }
 }
 
 /// A deferred bind that must happen before the program's call on `fd`.
-fn materialize_if_deferred(fd: c_int) {
+fn materialize_if_deferred(fd: c_int) -> Result<(), c_int> {
     if !fdtable::occupied(fd) {
-        return;
+        return Ok(());
     }
     let e0 = errno::get();
+    let mut r = Ok(());
     if let Some(ino) = fdtable::ino(fd) {
         if fdtable::flags(fd, ino) & flag::DEFERRED_BIND != 0 {
             if let Some((family, _)) = addr::local(fd) {
-                materialize(fd, ino, family);
+                r = materialize(fd, ino, family);
             }
         }
     }
     errno::set(e0);
+    r
 }
 
 pub unsafe fn bind(fd: c_int, sa: *const sockaddr, len: socklen_t) -> c_int {
     let (Some(Mode::Active(active)), Some(req)) = (mode(), addr::parse(sa, len)) else {
         return real::bind(fd, sa, len);
     };
+    if fdtable::occupied(fd) {
+        // A socket whose bind the shim deferred is bound, as far as the program knows.
+        let e0 = errno::get();
+        if fdtable::ino(fd).is_some_and(|ino| fdtable::flags(fd, ino) & flag::DEFERRED_BIND != 0) {
+            return fail(libc::EINVAL) as c_int;
+        }
+        errno::set(e0);
+    }
     if req.port() != 0 {
         return real::bind(fd, sa, len);
     }
@@ -639,37 +693,49 @@ pub unsafe fn bind(fd: c_int, sa: *const sockaddr, len: socklen_t) -> c_int {
         errno::set(e0);
         return real::bind(fd, sa, len);
     }
-    // Otherwise the socket gets a port of that IP's slices at once, as the kernel would give one.
+    if sock.proto == Proto::Tcp {
+        // Without NO_PORT the kernel would give the socket a port of its own now, whose
+        // TIME_WAIT would later keep it from every placement for 60 s (wget --bind-address,
+        // ssh -b). The shim binds only the IP (NO_PORT, on the program's behalf) and places
+        // the port at connect, shared across destinations; getsockname/listen first get a
+        // port of their own then (`materialize`).
+        if let Err(e) = addr::set_u32(fd, libc::IPPROTO_IP, libc::IP_BIND_ADDRESS_NO_PORT, 1) {
+            return fail(e) as c_int;
+        }
+        let r = real::bind(fd, sa, len);
+        if r != 0 {
+            let e = errno::get();
+            let _ = addr::set_u32(fd, libc::IPPROTO_IP, libc::IP_BIND_ADDRESS_NO_PORT, 0);
+            return fail(e) as c_int;
+        }
+        fdtable::update(fd, ino, flag::SHIM_NO_PORT | flag::DEFERRED_BIND, flag::PROG_NO_PORT);
+        log::trace!("bind fd {fd} to {req}: port deferred until connect/listen/getsockname");
+        errno::set(e0);
+        return 0;
+    }
+    // A UDP socket gets a port of that IP's slices at once, as the kernel would give one (an
+    // unconnected socket talks to anyone from it: it owns it).
     let slices = active.cfg.slices.iter().filter(|s| s.ip == ip);
-    let prog_reuse = addr::get_int(fd, libc::SOL_SOCKET, libc::SO_REUSEADDR).unwrap_or(0) != 0;
-    let r = crate::strategy::exclusive::bind_free(fd, sock.family, slices, &active.reserved);
-    // The program's SO_REUSEADDR is put back: a port it binds this way is its own to share.
-    let _ = addr::set_u32(fd, libc::SOL_SOCKET, libc::SO_REUSEADDR, u32::from(prog_reuse));
-    match r {
-        Ok((slice, at)) => {
+    match bind_slice_port(fd, sock.family, slices, &active.reserved) {
+        Ok(()) => {
             fdtable::update(fd, ino, flag::PLACED, 0);
-            stats::bump(C::placed_bind);
-            log::debug!("bind fd {fd} to {req}: given {at} (slice {slice})");
             errno::set(e0);
             0
         }
-        Err(e) => {
-            log::info!(
-                "bind fd {fd} to {req}: no free port in its slices ({})",
-                std::io::Error::from_raw_os_error(e)
-            );
-            fail(e) as c_int
-        }
+        Err(e) => fail(e) as c_int,
     }
 }
 
 pub unsafe fn listen(fd: c_int, backlog: c_int) -> c_int {
-    materialize_if_deferred(fd);
+    if let Err(e) = materialize_if_deferred(fd) {
+        // The kernel would pick a port outside the slice: refuse, as for a full port range.
+        return fail(e) as c_int;
+    }
     real::listen(fd, backlog)
 }
 
 pub unsafe fn getsockname(fd: c_int, sa: *mut sockaddr, len: *mut socklen_t) -> c_int {
-    materialize_if_deferred(fd);
+    let _ = materialize_if_deferred(fd);
     real::getsockname(fd, sa, len)
 }
 

@@ -37,6 +37,8 @@ pub struct Active {
     pub reserved: sys::sysctl::Reserved,
     /// The retry strategy looks each candidate 4-tuple up before binding it.
     pub precheck: bool,
+    /// TIME_WAIT 4-tuples can be reused by an explicit bind (net.ipv4.tcp_timestamps is on).
+    pub tw_reusable: bool,
 }
 
 pub enum Mode {
@@ -203,6 +205,7 @@ fn build_mode() -> Mode {
                 rotate: AtomicUsize::new(0),
                 reserved: sys::sysctl::Reserved::read(),
                 precheck: parsed.precheck && sys::diag::available(),
+                tw_reusable: sys::holder::timestamps_on(),
             })
         }
         Err(why) => {

@@ -26,6 +26,10 @@ counters! {
     lookups,
     // a slice (or all slices) had no free port for the destination
     exhausted,
+    // blocking connects placed after waiting for 4-tuples in closing states
+    closing_waits,
+    // kernel-strategy flows the kernel found no port for, placed by an explicit bind (retry)
+    kernel_fallbacks,
     // flows left alone, by reason
     skipped_dest,
     no_slice_family,

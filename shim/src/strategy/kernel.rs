@@ -4,31 +4,47 @@
 //! destinations. IP_LOCAL_PORT_RANGE is set at level IPPROTO_IP on AF_INET6 sockets too (at
 //! IPPROTO_IPV6 the same number is IPV6_RECVHOPLIMIT). The kernel silently clamps the range to
 //! the sysctl range, so the port it chose is checked after every attempt.
+//!
+//! The kernel's choice is narrower than an explicit bind's: it reuses a TIME_WAIT 4-tuple only
+//! once it is a second old (tcp_tw_reuse=1; never with 0 or 2 on real addresses), and skips
+//! every port whose bind bucket an explicit bind made (a retry-placed socket, in this process or
+//! another). So when the kernel reports the slices full, the same socket (a failed NO_PORT
+//! connect leaves it re-bindable) is placed by the retry search: the kernel strategy never fails
+//! where an explicit bind would succeed. Its sockets carry SO_REUSEADDR=1, so their TIME_WAITs
+//! do not lock a port against later explicit binds for 60 s.
 
-use super::{outcome, Placed, Target};
+use super::{outcome, retry::Retry, Placed, Target};
 use crate::config::Slice;
 use crate::sys::addr;
 use crate::sys::sysctl::{range_value, IP_LOCAL_PORT_RANGE};
 use libc::c_int;
 use std::net::{IpAddr, SocketAddr};
 
-/// Place the program's socket (`target`) in the first of `slices` that has room, then run
+/// Place the program's socket (`target`) in the first of the `slices()` that has room, then run
 /// `attempt` (connect, or a TCP Fast Open send) on it. `bound`: the IP the socket is already
 /// bound to with port 0 (by the program with IP_BIND_ADDRESS_NO_PORT, or by an earlier attempt).
-pub fn place<'a>(
+/// `fallback` searches when the kernel finds every slice full for `dst`.
+pub fn place<'a, I: Iterator<Item = &'a Slice>>(
     mut target: Target,
-    slices: impl Iterator<Item = &'a Slice>,
+    slices: impl Fn() -> I,
     mut bound: Option<IpAddr>,
+    fallback: &Retry,
+    dst: SocketAddr,
     mut attempt: impl FnMut(c_int) -> isize,
 ) -> Placed {
     if !target.is_own() {
         bound = None;
     }
-    if let Err(e) = addr::set_u32(target.cur, libc::IPPROTO_IP, libc::IP_BIND_ADDRESS_NO_PORT, 1) {
-        return Placed::Setup(e);
+    for (opt, level, v) in
+        [(libc::IP_BIND_ADDRESS_NO_PORT, libc::IPPROTO_IP, 1), (libc::SO_REUSEADDR, libc::SOL_SOCKET, 1)]
+    {
+        if let Err(e) = addr::set_u32(target.cur, level, opt, v) {
+            return Placed::Setup(e);
+        }
     }
     let mut not_local = None;
-    for slice in slices {
+    let mut full = false;
+    for slice in slices() {
         if let Err(e) =
             addr::set_u32(target.cur, libc::IPPROTO_IP, IP_LOCAL_PORT_RANGE, range_value(slice.lo, slice.hi))
         {
@@ -64,10 +80,18 @@ pub fn place<'a>(
         if errno != libc::EADDRNOTAVAIL {
             return target.conclude(ret, errno, *slice, SocketAddr::new(slice.ip, 0));
         }
-        // The slice is full for this destination; the same socket can be bound again.
-        crate::stats::bump(crate::stats::C::exhausted);
+        // The kernel found no port in this slice for this destination.
+        full = true;
     }
-    Placed::none_free(not_local)
+    if !full {
+        return Placed::none_free(not_local);
+    }
+    // An explicit bind may still find one: a young TIME_WAIT, a port an explicit bind holds.
+    let r = fallback.place(target, slices, dst, attempt);
+    if matches!(r, Placed::Ok { .. }) {
+        crate::stats::bump(crate::stats::C::kernel_fallbacks);
+    }
+    r
 }
 
 /// Drop a connection started from the wrong port: connect(AF_UNSPEC) disconnects a TCP socket
@@ -88,6 +112,15 @@ mod tests {
     fn connect(fd: c_int, dst: SocketAddr, family: c_int) -> isize {
         let raw = addr::to_raw(dst, family);
         unsafe { crate::real::connect(fd, raw.ptr(), raw.len) as isize }
+    }
+
+    fn fb() -> Retry<'static> {
+        static NONE: std::sync::OnceLock<crate::sys::sysctl::Reserved> = std::sync::OnceLock::new();
+        Retry {
+            reserved: NONE.get_or_init(crate::sys::sysctl::Reserved::none),
+            precheck: true,
+            tw_reusable: true,
+        }
     }
 
     fn own(fd: c_int, family: c_int) -> Target {
@@ -111,9 +144,14 @@ mod tests {
             for _ in 0..2 {
                 let s = tcp(libc::AF_INET);
                 let fd = s.as_raw_fd();
-                match place(own(fd, libc::AF_INET), [slice].iter(), None, |fd| {
-                    connect(fd, dst, libc::AF_INET)
-                }) {
+                match place(
+                    own(fd, libc::AF_INET),
+                    || std::iter::once(&slice),
+                    None,
+                    &fb(),
+                    dst,
+                    |fd| connect(fd, dst, libc::AF_INET),
+                ) {
                     Placed::Ok { ret: 0, local, .. } => ports.push(local.port()),
                     other => panic!("{other:?}"),
                 }
@@ -124,7 +162,14 @@ mod tests {
             let s = tcp(libc::AF_INET);
             let fd = s.as_raw_fd();
             assert_eq!(
-                place(own(fd, libc::AF_INET), [slice].iter(), None, |fd| connect(fd, dst, libc::AF_INET)),
+                place(
+                    own(fd, libc::AF_INET),
+                    || std::iter::once(&slice),
+                    None,
+                    &fb(),
+                    dst,
+                    |fd| connect(fd, dst, libc::AF_INET)
+                ),
                 Placed::Exhausted
             );
         }
@@ -142,7 +187,14 @@ mod tests {
             // v4 slices on an AF_INET6 socket: bound as ::ffff:a.b.c.d, range set at IPPROTO_IP.
             let s = tcp(libc::AF_INET6);
             let fd = s.as_raw_fd();
-            match place(own(fd, libc::AF_INET6), [a, b].iter(), None, |fd| connect(fd, dst, libc::AF_INET6)) {
+            match place(
+                own(fd, libc::AF_INET6),
+                || [&a, &b].into_iter(),
+                None,
+                &fb(),
+                dst,
+                |fd| connect(fd, dst, libc::AF_INET6),
+            ) {
                 Placed::Ok { local, .. } => got.push(local),
                 other => panic!("{other:?}"),
             }
@@ -153,7 +205,14 @@ mod tests {
         let s = tcp(libc::AF_INET6);
         let fd = s.as_raw_fd();
         assert_eq!(
-            place(own(fd, libc::AF_INET6), [a, b].iter(), None, |fd| connect(fd, dst, libc::AF_INET6)),
+            place(
+                own(fd, libc::AF_INET6),
+                || [&a, &b].into_iter(),
+                None,
+                &fb(),
+                dst,
+                |fd| connect(fd, dst, libc::AF_INET6)
+            ),
             Placed::Exhausted
         );
     }
@@ -169,7 +228,14 @@ mod tests {
         let slice = Slice { ip: "127.0.0.2".parse().unwrap(), lo: 65000, hi: 65009 };
         let s = tcp(libc::AF_INET);
         let fd = s.as_raw_fd();
-        match place(own(fd, libc::AF_INET), [slice].iter(), None, |fd| connect(fd, dst, libc::AF_INET)) {
+        match place(
+            own(fd, libc::AF_INET),
+            || std::iter::once(&slice),
+            None,
+            &fb(),
+            dst,
+            |fd| connect(fd, dst, libc::AF_INET),
+        ) {
             Placed::Outside { local, .. } => assert!(!slice.contains_port(local.port())),
             other => panic!("{other:?}"),
         }
@@ -183,7 +249,15 @@ mod tests {
         let s = tcp(libc::AF_INET);
         let fd = s.as_raw_fd();
         let slice = Slice { ip: "192.0.2.77".parse().unwrap(), lo: 59904, hi: 59904 };
-        let r = place(own(fd, libc::AF_INET), [slice].iter(), None, |_| panic!("must not connect"));
+        let dst: SocketAddr = "127.0.0.1:9".parse().unwrap();
+        let r = place(
+            own(fd, libc::AF_INET),
+            || std::iter::once(&slice),
+            None,
+            &fb(),
+            dst,
+            |_| panic!("must not connect"),
+        );
         assert_eq!(r, Placed::NotLocal(slice.ip));
     }
 }

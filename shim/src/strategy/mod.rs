@@ -6,7 +6,9 @@ pub mod cookie;
 pub mod exclusive;
 pub mod kernel;
 pub mod order;
+pub mod refusal;
 pub mod retry;
+pub mod wait;
 
 use crate::config::Slice;
 use crate::sys::swap::{self, SwapError};

@@ -2,78 +2,135 @@
 //! connect; EADDRNOTAVAIL (the 4-tuple is taken) → the next port, on a fresh socket (a socket
 //! whose connect failed cannot be bound again). Works on any kernel, for slices outside the
 //! sysctl range, and over TIME_WAIT 4-tuples (an explicit bind reuses them at once when TCP
-//! timestamps are on), where the kernel strategy waits 60 s.
+//! timestamps are on), where the kernel's own choice waits 1 s (tcp_tw_reuse=1) or 60 s.
 //!
-//! A sock_diag pre-check skips ports whose 4-tuple is already held (ESTABLISHED, SYN_SENT...)
-//! before anything is bound, so the program's own socket usually wins the first real attempt
-//! and a swap (fresh socket into the program's fd) is needed only after a lost race.
+//! Every candidate's 4-tuple is looked up with sock_diag first ([`holder`]): a tuple held by
+//! an orphaned FIN_WAIT2 is never attempted (an explicit bind would take it over and reset the
+//! peer), nor a TIME_WAIT when timestamps are off. With the pre-check on (the default), held
+//! and closing tuples are skipped too, so the program's own socket usually wins the first real
+//! attempt and a swap (fresh socket into the program's fd) is needed only after a lost race;
+//! `PORTRANGE_PRECHECK=off` attempts them (the connect fails, a fresh socket takes the next
+//! port) — a tuning and test knob that is safe, not a way to skip the look-up.
+//!
+//! A blocking connect that found every slice full only because of closing tuples searches
+//! again, for a bounded time ([`wait`]); a non-blocking one gets EADDRNOTAVAIL at once.
 
-use super::{order::Permutation, outcome, Bind, Placed, Target};
+use super::{order::Permutation, outcome, wait, Bind, Placed, Target};
 use crate::config::Slice;
 use crate::stats::{self, C};
-use crate::sys::diag;
+use crate::sys::holder::{self, Holder};
 use crate::sys::sysctl::Reserved;
 use libc::c_int;
 use std::net::SocketAddr;
 
 pub struct Retry<'r> {
     pub reserved: &'r Reserved,
-    /// Look the 4-tuple up with sock_diag before binding a candidate port.
+    /// Skip candidates whose 4-tuple is held (the look-up happens either way).
     pub precheck: bool,
+    /// TIME_WAIT tuples can be reused by an explicit bind (net.ipv4.tcp_timestamps on).
+    pub tw_reusable: bool,
+}
+
+/// How a search of one slice ended.
+enum Search {
+    Done(Placed),
+    NotLocal,
+    /// No free tuple; `closing` of the held ones are in closing states.
+    Full {
+        closing: u32,
+    },
 }
 
 impl Retry<'_> {
-    /// Place the program's `fd` towards `dst` in the first of `slices` with a free 4-tuple and
-    /// run `attempt` (connect, or a TCP Fast Open send) on whichever socket holds the port.
-    pub fn place<'a>(
+    /// Place the program's `fd` towards `dst` in the first of the `slices()` with a free 4-tuple
+    /// and run `attempt` (connect, or a TCP Fast Open send) on whichever socket holds the port.
+    /// A blocking socket waits a bounded time for closing tuples before giving up.
+    pub fn place<'a, I: Iterator<Item = &'a Slice>>(
         &self,
         mut target: Target,
-        slices: impl Iterator<Item = &'a Slice>,
+        slices: impl Fn() -> I,
         dst: SocketAddr,
         mut attempt: impl FnMut(c_int) -> isize,
     ) -> Placed {
-        let mut not_local = None;
-        'slices: for slice in slices {
-            for i in Permutation::new(slice.size()) {
-                let port = slice.lo + i as u16;
-                if self.reserved.contains(port) {
-                    continue;
-                }
-                let local = SocketAddr::new(slice.ip, port);
-                if self.precheck {
-                    stats::bump(C::lookups);
-                    if let Ok(Some(f)) = diag::tcp(target.fd, local, dst) {
-                        // A TIME_WAIT holder does not block an explicit bind + connect.
-                        if f.state != diag::TCP_TIME_WAIT {
-                            stats::bump(C::conflicts);
-                            continue;
+        let mut wait = wait::Wait::new(wait::blocking(target.fd));
+        loop {
+            let mut not_local = None;
+            let mut closing = 0;
+            let mut full = 0;
+            for slice in slices() {
+                match self.search(&mut target, slice, dst, &mut attempt) {
+                    Search::Done(p) => {
+                        if wait.waited {
+                            stats::bump(C::closing_waits);
                         }
-                    }
-                }
-                match target.bind_shared(local) {
-                    Bind::Bound => {}
-                    Bind::Taken => continue,
-                    Bind::NotLocal => {
-                        not_local = Some(slice.ip);
-                        continue 'slices;
-                    }
-                    Bind::Stop(p) => return p,
-                }
-                stats::bump(C::attempts);
-                let (ret, e) = outcome(attempt(target.cur));
-                if e == libc::EADDRNOTAVAIL {
-                    // Lost the 4-tuple (a race, or a holder the pre-check did not see).
-                    stats::bump(C::conflicts);
-                    if let Err(p) = target.fresh() {
                         return p;
                     }
-                    continue;
+                    Search::NotLocal => not_local = Some(slice.ip),
+                    Search::Full { closing: c } => {
+                        closing += c;
+                        full += 1;
+                    }
                 }
-                return target.conclude(ret, e, *slice, local);
             }
-            stats::bump(C::exhausted);
+            if closing == 0 || !wait.again() {
+                stats::add(C::exhausted, full);
+                return Placed::none_free(not_local);
+            }
         }
-        Placed::none_free(not_local)
+    }
+
+    /// One pass over `slice`'s ports, in random order.
+    fn search(
+        &self,
+        target: &mut Target,
+        slice: &Slice,
+        dst: SocketAddr,
+        attempt: &mut impl FnMut(c_int) -> isize,
+    ) -> Search {
+        let mut closing = 0;
+        for i in Permutation::new(slice.size()) {
+            let port = slice.lo + i as u16;
+            if self.reserved.contains(port) {
+                continue;
+            }
+            let local = SocketAddr::new(slice.ip, port);
+            stats::bump(C::lookups);
+            // A failed look-up (no netlink?) leaves the decision to the kernel's connect.
+            let state = holder::tcp_state(target.fd, local, dst).unwrap_or(None);
+            let h = holder::classify(state, self.tw_reusable);
+            if h == Holder::Closing {
+                closing += 1;
+            }
+            // Without the pre-check, held tuples are attempted (the connect fails safely), except
+            // an orphaned FIN_WAIT2 (taken over: the peer is reset) and a TIME_WAIT that cannot
+            // be reused.
+            let tw_held = h == Holder::Held && state == Some(holder::TCP_TIME_WAIT);
+            let attempt_it =
+                if self.precheck { h == Holder::Free } else { !holder::unsafe_to_try(state) && !tw_held };
+            if !attempt_it {
+                stats::bump(C::conflicts);
+                continue;
+            }
+            match target.bind_shared(local) {
+                Bind::Bound => {}
+                Bind::Taken => continue,
+                Bind::NotLocal => return Search::NotLocal,
+                Bind::Stop(p) => return Search::Done(p),
+            }
+            stats::bump(C::attempts);
+            let (ret, e) = outcome(attempt(target.cur));
+            if e == libc::EADDRNOTAVAIL {
+                // Lost the 4-tuple (a race, a holder the pre-check skipped or did not see, a
+                // TIME_WAIT of a peer without timestamps).
+                stats::bump(C::conflicts);
+                if let Err(p) = target.fresh() {
+                    return Search::Done(p);
+                }
+                continue;
+            }
+            return Search::Done(target.conclude(ret, e, *slice, local));
+        }
+        Search::Full { closing }
     }
 }
 
@@ -94,7 +151,12 @@ mod tests {
     fn place(fd: c_int, slice: Slice, dst: SocketAddr, precheck: bool, reserved: &Reserved) -> Placed {
         let ino = fdtable::ino(fd).unwrap();
         let t = Target::new(fd, ino, libc::AF_INET, true).unwrap();
-        Retry { reserved, precheck }.place(t, [slice].iter(), dst, connect_fn(dst, libc::AF_INET))
+        Retry { reserved, precheck, tw_reusable: true }.place(
+            t,
+            || std::iter::once(&slice),
+            dst,
+            connect_fn(dst, libc::AF_INET),
+        )
     }
 
     // Ports 59930-59949 belong to these unit tests.

@@ -1,6 +1,7 @@
 //! Kernel-facing pieces, each small and tested against the real kernel.
 pub mod addr;
 pub mod diag;
+pub mod holder;
 pub mod options;
 pub mod ownfd;
 pub mod swap;
