@@ -155,13 +155,17 @@ pub fn main(so: &Path, rounds: usize, requests: usize) {
             let dir = tmp.join(format!("proxy-{i}"));
             let _ = std::fs::remove_dir_all(&dir);
             std::fs::create_dir_all(&dir).unwrap();
-            let conf = nginx_conf(&dir, "127.0.0.1:8000", &format!(
-                // HTTP/1.1 without "Connection: close" and no upstream keepalive pool: the
-                // upstream keeps each connection open, the proxy closes it after the response
-                // (client side first), so every upstream 4-tuple goes through TIME_WAIT here.
-                "proxy_pass http://{SERVER_IP}:8080; proxy_http_version 1.1; \
+            let conf = nginx_conf(
+                &dir,
+                "127.0.0.1:8000",
+                &format!(
+                    // HTTP/1.1 without "Connection: close" and no upstream keepalive pool: the
+                    // upstream keeps each connection open, the proxy closes it after the response
+                    // (client side first), so every upstream 4-tuple goes through TIME_WAIT here.
+                    "proxy_pass http://{SERVER_IP}:8080; proxy_http_version 1.1; \
                  proxy_set_header Connection \"\";"
-            ));
+                ),
+            );
             let mut env = row.env.clone();
             let stats_path = dir.join("stats.jsonl");
             if !env.is_empty() {

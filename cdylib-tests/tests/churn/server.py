@@ -2,7 +2,7 @@
 # argv: IP MODE PORT [PORT...]. MODE `close`: close each connection when the client has closed
 # it (the client closed first, so the client's end becomes TIME_WAIT); `hold`: keep every
 # connection open after the client's FIN (the client's end becomes an orphaned FIN_WAIT2).
-# Prints `listening`, then `peer IP PORT` per accepted connection. On each stdin line `check`,
+# Prints `listening`, then `peer IP PORT LISTENER_PORT` per accepted connection. On each stdin line `check`,
 # prints `state IP PORT N` for every held connection (tcpi_state: 8 = CLOSE_WAIT, healthy;
 # 7 = CLOSE, reset by the client side) and then `checked`.
 import selectors, socket, sys, threading
@@ -35,7 +35,7 @@ while True:
     for key, _ in sel.select():
         if key.data == "listen":
             c, a = key.fileobj.accept()
-            print("peer %s %d" % a, flush=True)
+            print("peer %s %d %d" % (a + (key.fileobj.getsockname()[1],)), flush=True)
             sel.register(c, selectors.EVENT_READ, a)
         else:
             c = key.fileobj
