@@ -8,10 +8,13 @@
 
 pub mod choice;
 pub mod config;
+pub mod diag;
 pub mod elf;
 pub mod plan;
 pub mod scope;
 pub mod sockdiag;
+pub mod stats;
+pub mod status;
 pub mod sysctl;
 
 pub use choice::Tcp;

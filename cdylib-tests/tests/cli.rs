@@ -181,7 +181,7 @@ fn bare_portrange_prints_usage_naming_every_variable() {
 /// nothing run; `--version`/`-V`.
 #[test]
 fn every_subcommand_has_help_and_there_is_a_version() {
-    for cmd in ["exec", "check", "plan", "demo"] {
+    for cmd in ["exec", "check", "plan", "status", "stats", "demo"] {
         let mut seen = Vec::new();
         for args in [vec![cmd, "--help"], vec![cmd, "-h"], vec!["help", cmd]] {
             let out = Run::portrange().args(&args).run();
@@ -700,4 +700,244 @@ fn launcher_finds_the_library_in_the_documented_order() {
             assert!(out.stderr.contains(&shown), "the error lists {shown}\n{}", out.dump());
         }
     }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Watch it: status, stats
+// ---------------------------------------------------------------------------------------------
+
+/// A program running in the background under `portrange exec`, killed (with its process group)
+/// when dropped.
+struct Background {
+    child: std::process::Child,
+    stdin: Option<std::process::ChildStdin>,
+}
+
+impl Background {
+    /// Start `portrange exec ARGS`, wait for the line `READY` on its stdout.
+    fn start(args: &[String]) -> Background {
+        use std::io::BufRead;
+        use std::os::unix::process::CommandExt;
+        let mut cmd = std::process::Command::new(bin_path());
+        cmd.args(args).env("PORTRANGE_SO", so_path()).env_remove("LD_PRELOAD");
+        for (k, _) in std::env::vars_os() {
+            if k.to_string_lossy().starts_with("PORTRANGE") && k != "PORTRANGE_SO" {
+                cmd.env_remove(&k);
+            }
+        }
+        cmd.stdin(std::process::Stdio::piped()).stdout(std::process::Stdio::piped()).process_group(0);
+        let mut child = cmd.spawn().expect("spawn portrange exec");
+        let stdin = child.stdin.take();
+        let mut line = String::new();
+        let mut out = std::io::BufReader::new(child.stdout.take().unwrap());
+        out.read_line(&mut line).expect("read READY");
+        let mut bg = Background { child, stdin };
+        if line.trim() != "READY" {
+            let _ = bg.child.wait();
+            panic!("the background program did not get ready: {line:?}");
+        }
+        bg
+    }
+}
+
+impl Drop for Background {
+    fn drop(&mut self) {
+        drop(self.stdin.take());
+        // SAFETY: kill the process group we created for the child.
+        unsafe { libc::kill(-(self.child.id() as libc::pid_t), libc::SIGKILL) };
+        let _ = self.child.wait();
+    }
+}
+
+/// `portrange status` against a known set of held flows (run under the shim, in one slice):
+/// 3 open to A; 2 open + 1 closed by the client to B (which keeps its end: FIN_WAIT2); 2 closed
+/// to C (which closes too: TIME_WAIT). JSON parsed back, exact counts and headroom; the text
+/// view golden (addresses masked); --watch refreshes.
+#[test]
+fn status_counts_a_known_set_of_held_flows() {
+    let a = Recorder::hold("127.0.0.1");
+    let b = Recorder::hold("127.0.0.1");
+    let c = Recorder::echo("127.0.0.1");
+    let (lo, hi) = slice_ports(12);
+    let slice = slice_spec(SLICE_IP, lo, hi);
+    let py = python3().display().to_string();
+    let _bg = Background::start(&[
+        "exec".into(),
+        "--slice".into(),
+        slice.clone(),
+        "--".into(),
+        py,
+        "-c".into(),
+        include_str!("../programs/hold.py").into(),
+        format!("{}:3:0", a.port()),
+        format!("{}:2:1", b.port()),
+        format!("{}:0:2", c.port()),
+    ]);
+    // (destination, established, closing, time_wait)
+    let want = |port: u16| match port {
+        p if p == a.port() => (3, 0, 0),
+        p if p == b.port() => (2, 1, 0),
+        _ => (0, 0, 2),
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let (j, out) = loop {
+        let out = Run::portrange().args(["status", "--json", "--slice", &slice]).run();
+        out.assert_success();
+        let j = Json::parse(&out.stdout).unwrap_or_else(|e| panic!("status --json: {e}\n{}", out.dump()));
+        let dests = j.get("slices").at(0).get("destinations").arr().to_vec();
+        let settled = dests.len() == 3
+            && dests.iter().all(|d| {
+                let port: u16 =
+                    d.get("destination").str().unwrap().rsplit(':').next().unwrap().parse().unwrap();
+                let (e, cl, tw) = want(port);
+                d.get("established").int() == Some(e)
+                    && d.get("closing").int() == Some(cl)
+                    && d.get("time_wait").int() == Some(tw)
+            });
+        if settled || std::time::Instant::now() > deadline {
+            break (j, out);
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let s = j.get("slices").at(0);
+    assert_eq!(s.get("slice").str(), Some(slice.as_str()), "{j}");
+    let reserved = s.get("reserved").int().unwrap();
+    assert_eq!(s.get("ports").int(), Some(12), "{j}");
+    assert_eq!(s.get("headroom").int(), Some(12 - reserved), "{j}");
+    let dests = s.get("destinations").arr();
+    let mut got: Vec<(u16, i64, i64, i64, i64, i64)> = dests
+        .iter()
+        .map(|d| {
+            let port: u16 = d.get("destination").str().unwrap().rsplit(':').next().unwrap().parse().unwrap();
+            assert_eq!(d.get("proto").str(), Some("tcp"), "{j}");
+            let f = |k: &str| d.get(k).int().unwrap();
+            (port, f("established"), f("closing"), f("time_wait"), f("held"), f("headroom"))
+        })
+        .collect();
+    got.sort();
+    let mut expect: Vec<(u16, i64, i64, i64, i64, i64)> = [a.port(), b.port(), c.port()]
+        .iter()
+        .map(|&p| {
+            let (e, cl, tw) = want(p);
+            (p, e, cl, tw, e + cl + tw, 12 - reserved - (e + cl + tw))
+        })
+        .collect();
+    expect.sort();
+    assert_eq!(got, expect, "(port, established, closing, time_wait, held, headroom)\n{}", out.dump());
+    // Fullest first.
+    let heads: Vec<i64> = dests.iter().map(|d| d.get("headroom").int().unwrap()).collect();
+    assert!(heads.windows(2).all(|w| w[0] <= w[1]), "{heads:?}");
+
+    // The text view: masked golden (the time, the slice and the recorders' addresses vary).
+    let out =
+        Run::portrange().args(["status", "--slice", &slice]).env("PORTRANGE", "ignored:by-the-flag").run();
+    out.assert_success();
+    let mut text = out.stdout.replace(&slice, "SLICE");
+    for (name, r) in [("A", &a), ("B", &b), ("C", &c)] {
+        text = text.replace(&format!("127.0.0.1:{:<30}", r.port()), &format!("{name:<40}"));
+    }
+    let text: String = text
+        .lines()
+        .map(|l| if l.starts_with("portrange status  ") { "portrange status  <time>" } else { l })
+        .collect::<Vec<_>>()
+        .join("\n");
+    let text =
+        if reserved == 0 { text } else { text.replace(&format!("({reserved} reserved"), "(0 reserved") };
+    assert_golden("status.txt", &(text + "\n"));
+
+    // --watch: a fresh JSON line per refresh until interrupted.
+    let out = Run::portrange()
+        .args(["status", "--json", "--watch", "0.2", "--slice", &slice])
+        .timeout(Duration::from_millis(1500))
+        .run();
+    assert!(out.timed_out, "--watch keeps going\n{}", out.dump());
+    let frames: Vec<Json> = out.stdout.lines().map(|l| Json::parse(l).expect("a JSON frame")).collect();
+    assert!(frames.len() >= 3, "{}", out.dump());
+    assert!(frames.windows(2).all(|w| w[0].get("time").int() <= w[1].get("time").int()));
+
+    // No configuration: exit 1 with a message; a bad --watch: exit 2.
+    let out = Run::portrange().arg("status").run();
+    assert_eq!(out.code(), Some(1), "{}", out.dump());
+    assert!(out.stderr.contains("no slices"), "{}", out.dump());
+    let out = Run::portrange().args(["status", "--watch", "0", "--slice", &slice]).run();
+    assert_eq!(out.code(), Some(2), "{}", out.dump());
+}
+
+/// `portrange stats FILE`: per program (the name the shim now records), processes and flows
+/// placed summed over PORTRANGE_STATS lines; `--prometheus` is valid exposition format with
+/// the same numbers.
+#[test]
+fn stats_summarises_per_program_and_for_prometheus() {
+    let dir = TempDir::new("stats");
+    let file = dir.path().join("stats.jsonl");
+    let rec = Recorder::hold("127.0.0.1");
+    let (lo, hi) = slice_ports(10);
+    let code = "import socket,sys\nfor _ in range(int(sys.argv[2])): socket.create_connection(('127.0.0.1', int(sys.argv[1]))).close()";
+    for n in [2, 3] {
+        let out = Run::portrange()
+            .args(["exec", "--slice", &slice_spec(SLICE_IP, lo, hi), "--stats"])
+            .arg(&file)
+            .arg("--")
+            .arg(python3())
+            .args(["-c", code, &rec.port().to_string(), &n.to_string()])
+            .run();
+        out.assert_success();
+    }
+    let out = Run::portrange()
+        .args(["exec", "--slice", &slice_spec(SLICE_IP, lo, hi), "--stats"])
+        .arg(&file)
+        .args(["--", "true"])
+        .run();
+    out.assert_success();
+    // A line cut short (a process killed mid-write) is skipped and counted.
+    let mut text = std::fs::read_to_string(&file).unwrap();
+    text.push_str("{\"pid\":1,\"prog\n");
+    std::fs::write(&file, &text).unwrap();
+    // The kernel's name for the process (/proc/PID/comm): the executable's file name, 15 bytes.
+    let py: String = python3().file_name().unwrap().to_string_lossy().chars().take(15).collect();
+
+    let out = Run::portrange().arg("stats").arg(&file).run();
+    out.assert_success();
+    assert!(out.stderr.contains("1 line(s) skipped"), "{}", out.dump());
+    let rows: Vec<Vec<&str>> = out.stdout.lines().map(|l| l.split_whitespace().collect()).collect();
+    assert_eq!(rows[0][..4], ["program", "processes", "placed", "conflicts"], "{}", out.dump());
+    let row = rows.iter().find(|r| r[0] == py).unwrap_or_else(|| panic!("no row for {py}\n{}", out.dump()));
+    assert_eq!((row[1], row[2]), ("2", "5"), "2 processes, 5 flows placed\n{}", out.dump());
+    assert!(rows.iter().any(|r| r[0] == "true" && r[1] == "1" && r[2] == "0"), "{}", out.dump());
+
+    let out = Run::portrange().args(["stats", "--prometheus"]).arg(&file).run();
+    out.assert_success();
+    let mut declared = std::collections::BTreeSet::new();
+    let mut samples = std::collections::BTreeMap::new();
+    for l in out.stdout.lines() {
+        if let Some(r) = l.strip_prefix("# TYPE ") {
+            let (name, ty) = r.split_once(' ').unwrap();
+            assert_eq!(ty, "counter", "{l}");
+            assert!(name.ends_with("_total") && declared.insert(name.to_string()), "{l}");
+        } else if l.starts_with("# HELP ") {
+        } else {
+            let (series, v) = l.rsplit_once(' ').unwrap_or_else(|| panic!("bad sample {l:?}"));
+            let name = &series[..series.find('{').unwrap_or(series.len())];
+            assert!(declared.contains(name), "{name} sampled before its TYPE line");
+            let v: f64 = v.parse().unwrap_or_else(|_| panic!("bad value in {l:?}"));
+            samples.insert(series.to_string(), v);
+        }
+    }
+    assert_eq!(
+        samples.get(&format!("portrange_placed_total{{program=\"{py}\"}}")),
+        Some(&5.0),
+        "{}",
+        out.stdout
+    );
+    let procs: f64 = samples
+        .iter()
+        .filter(|(k, _)| k.starts_with(&format!("portrange_processes_total{{program=\"{py}\"")))
+        .map(|(_, v)| v)
+        .sum();
+    assert_eq!(procs, 2.0, "{}", out.stdout);
+
+    let out = Run::portrange().args(["stats", "/nonexistent/portrange-stats"]).run();
+    assert_eq!(out.code(), Some(1), "{}", out.dump());
+    let out = Run::portrange().args(["stats"]).run();
+    assert_eq!(out.code(), Some(2), "{}", out.dump());
 }

@@ -64,9 +64,18 @@ pub fn reset() {
     }
 }
 
-/// `{"pid":..,"placed_tcp_kernel":..,...}`
+/// The program's name as `ps` shows it (/proc/self/comm), for `portrange stats` to group by.
+fn program() -> String {
+    let comm = std::fs::read_to_string("/proc/self/comm").unwrap_or_default();
+    comm.trim_end_matches('\n')
+        .chars()
+        .map(|c| if c == '"' || c == '\\' || c.is_control() { '_' } else { c })
+        .collect()
+}
+
+/// `{"pid":..,"program":"..","strategy":"..","placed_tcp_kernel":..,...}`
 pub fn json(pid: i32, strategy: &str) -> String {
-    let mut s = format!("{{\"pid\":{pid},\"strategy\":\"{strategy}\"");
+    let mut s = format!("{{\"pid\":{pid},\"program\":\"{}\",\"strategy\":\"{strategy}\"", program());
     for (name, v) in NAMES.iter().zip(VALUES.iter()) {
         s.push_str(&format!(",\"{name}\":{}", v.load(Relaxed)));
     }
@@ -84,8 +93,9 @@ mod tests {
         add(C::conflicts, 2);
         assert!(VALUES[C::conflicts as usize].load(Relaxed) >= 3);
         let j = json(7, "kernel");
-        assert!(j.starts_with("{\"pid\":7,\"strategy\":\"kernel\",\"placed_tcp_kernel\":"));
+        assert!(j.starts_with("{\"pid\":7,\"program\":\""), "{j}");
+        assert!(j.contains(",\"strategy\":\"kernel\",\"placed_tcp_kernel\":"), "{j}");
         assert!(j.contains("\"conflicts\":") && j.ends_with('}'));
-        assert_eq!(j.matches(':').count(), NAMES.len() + 2);
+        assert_eq!(j.matches(':').count(), NAMES.len() + 3);
     }
 }

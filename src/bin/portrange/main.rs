@@ -11,6 +11,8 @@ mod exec;
 mod flags;
 mod plan;
 mod preload;
+mod stats;
+mod status;
 
 use std::ffi::OsString;
 use std::process::ExitCode;
@@ -27,6 +29,10 @@ usage:
                               judge a configuration and explain what the shim will do here
   portrange plan --ip IP --ports LO-HI --servers N [--index I] [--exclude PORTS]
                               split a port range into N slices for a fleet
+  portrange status [--json] [--watch SECONDS] [--slice ...]
+                              per slice and destination: 4-tuples held, headroom left
+  portrange stats FILE [--prometheus]
+                              summarise PORTRANGE_STATS lines per program
   portrange demo              the shim at work on this machine, no set-up (loopback only)
   portrange help COMMAND      (or COMMAND --help) the details of one command
   portrange --version
@@ -54,8 +60,14 @@ exit status: 0 success; 1 check: invalid or unusable configuration; 2 bad argume
 exec: the program's status, or 125 (portrange failed), 126 (not executable), 127 (not found).";
 
 /// The subcommands with their help texts (the internal `demo-client` is not listed).
-const COMMANDS: [(&str, &str); 4] =
-    [("exec", exec::HELP), ("check", check::HELP), ("plan", plan::HELP), ("demo", demo::HELP)];
+const COMMANDS: [(&str, &str); 6] = [
+    ("exec", exec::HELP),
+    ("check", check::HELP),
+    ("plan", plan::HELP),
+    ("status", status::HELP),
+    ("stats", stats::HELP),
+    ("demo", demo::HELP),
+];
 
 fn wants_help(cmd: &str, rest: &[OsString]) -> bool {
     let is_help = |a: &OsString| a == "--help" || a == "-h";
@@ -86,6 +98,8 @@ fn main() -> ExitCode {
     let r = match cmd {
         "exec" => return exec::run(rest),
         "check" => return check::run(rest),
+        "stats" => return stats::run(rest),
+        "status" => return status::run(rest),
         "demo" => demo::run(),
         "plan" => plan::run(rest),
         "demo-client" => demo::client(rest),
