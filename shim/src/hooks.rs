@@ -1,28 +1,218 @@
-//! The exported libc symbols. Each is thin: take the re-entry guard (inside the shim, go
-//! straight to the real function), catch panics (the host program never unwinds through the
-//! shim: the call fails with a clear errno and is counted), and hand off to `flow`.
+//! The exported libc symbols.
+//!
+//! Each hook is thin. Shim logic runs in [`inside`]: the per-thread re-entry flag set (the shim's
+//! own calls that reach a hook go straight to the real function), cancellation disabled (the
+//! shim's own syscalls are never cancellation points), panics caught (the host program never
+//! unwinds through the shim: the call fails with a clear errno and is counted). That logic never
+//! makes the program's own call when the call is a cancellation point (connect, close, send*,
+//! fcntl): it answers what to do, and the hook makes the call from its own frame, which holds
+//! only plain data — no destructor, no `catch_unwind`, no lock. So `pthread_cancel` of a thread
+//! blocked in such a call unwinds through the hook (`extern "C-unwind"`) exactly as through libc,
+//! and a placement that needs several attempts is a loop in the hook's frame.
 //!
 //! Why not redhook: redhook 2.0.0 (2020, unmaintained) has no re-entry guard and, after a panic
 //! in a hook, calls the real function a second time — for connect() that would egress from
-//! outside the slice. This macro is the part of it we need, with those two fixed.
+//! outside the slice.
 
-use crate::{flow, guard, real, stats};
+use crate::calls::{bind, fds, options, outgoing, outgoing::Next};
+use crate::{errno, guard, mode, real, stats, Mode};
 use libc::{c_int, c_uint, c_ulong, c_void, sockaddr, socklen_t, ssize_t};
 use std::panic::{catch_unwind, AssertUnwindSafe};
 
+extern "C" {
+    fn pthread_setcancelstate(state: c_int, old: *mut c_int) -> c_int;
+}
+const PTHREAD_CANCEL_DISABLE: c_int = 1;
+
+/// Run shim logic `f` (its argument: this thread was already inside the shim — a signal handler
+/// that interrupted it, or the shim's own call). `None` if it panicked (counted).
+#[inline(never)]
+fn inside<T>(f: impl FnOnce(bool) -> T) -> Option<T> {
+    let entered = guard::enter();
+    let nested = entered.is_none();
+    let mut old: c_int = 0;
+    // SAFETY: plain libc call writing the previous state into `old`.
+    unsafe { pthread_setcancelstate(PTHREAD_CANCEL_DISABLE, &mut old) };
+    let r = catch_unwind(AssertUnwindSafe(|| f(nested)));
+    // SAFETY: as above; restoring the program's state does not act on a pending request.
+    unsafe { pthread_setcancelstate(old, &mut old) };
+    drop(entered);
+    if r.is_err() {
+        stats::bump(stats::C::internal_errors);
+    }
+    r.ok()
+}
+
+/// Is the shim configured at all (active, or denying)? A couple of atomic loads.
+#[inline(always)]
+fn engaged() -> bool {
+    matches!(mode(), Some(Mode::Active(_) | Mode::Deny))
+}
+
+/// Drive an outgoing call: `first` says what to do; each `Next::Call` makes the program's call
+/// (`call`, on the program's fd, from this frame) and asks `outgoing::after` for the next step.
+/// `on_panic`: the errno when shim logic failed.
+#[inline(always)]
+unsafe fn drive(first: Option<Next>, on_panic: c_int, e0: c_int, call: impl Fn() -> isize) -> isize {
+    let mut next = first;
+    loop {
+        match next {
+            None => {
+                errno::set(on_panic);
+                return -1;
+            }
+            Some(Next::Pass) => {
+                errno::set(e0);
+                return call();
+            }
+            Some(Next::Return { ret, errno: e }) => {
+                errno::set(if ret >= 0 || e == 0 { e0 } else { e });
+                return ret;
+            }
+            Some(Next::Call(plan)) => {
+                errno::set(e0);
+                let r = call();
+                let e = if r < 0 { errno::get() } else { 0 };
+                next = inside(|_| outgoing::after(plan, r, e));
+            }
+        }
+    }
+}
+
+/// Outgoing TCP/UDP: placed in a slice when in scope.
+#[no_mangle]
+pub unsafe extern "C-unwind" fn connect(fd: c_int, addr: *const sockaddr, len: socklen_t) -> c_int {
+    if !engaged() {
+        return real::connect(fd, addr, len);
+    }
+    let e0 = errno::get();
+    // SAFETY: addr/len come from the program, as connect() requires.
+    let first = inside(|nested| unsafe { outgoing::connect(fd, addr, len, nested) });
+    drive(first, libc::EADDRNOTAVAIL, e0, || real::connect(fd, addr, len) as isize) as c_int
+}
+
+/// TCP Fast Open (MSG_FASTOPEN) starts a flow; an unconnected UDP send starts one too.
+#[no_mangle]
+pub unsafe extern "C-unwind" fn sendto(
+    fd: c_int,
+    buf: *const c_void,
+    n: usize,
+    flags: c_int,
+    addr: *const sockaddr,
+    len: socklen_t,
+) -> ssize_t {
+    if !engaged() || addr.is_null() {
+        return real::sendto(fd, buf, n, flags, addr, len);
+    }
+    let e0 = errno::get();
+    let first = inside(|nested| {
+        // SAFETY: addr is null or points to len bytes (the program's sendto arguments).
+        let dst = unsafe { crate::sys::addr::parse(addr, len) };
+        outgoing::send(fd, dst, flags & libc::MSG_FASTOPEN != 0, nested)
+    });
+    drive(first, libc::EAGAIN, e0, || real::sendto(fd, buf, n, flags, addr, len))
+}
+
+#[no_mangle]
+pub unsafe extern "C-unwind" fn sendmsg(fd: c_int, msg: *const libc::msghdr, flags: c_int) -> ssize_t {
+    if !engaged() {
+        return real::sendmsg(fd, msg, flags);
+    }
+    let e0 = errno::get();
+    let first = inside(|nested| {
+        // SAFETY: msg is null or a valid msghdr (the program's sendmsg argument).
+        let dst =
+            unsafe { msg.as_ref().and_then(|m| crate::sys::addr::parse(m.msg_name.cast(), m.msg_namelen)) };
+        outgoing::send(fd, dst, flags & libc::MSG_FASTOPEN != 0, nested)
+    });
+    drive(first, libc::EAGAIN, e0, || real::sendmsg(fd, msg, flags))
+}
+
+#[no_mangle]
+pub unsafe extern "C-unwind" fn sendmmsg(
+    fd: c_int,
+    msgs: *mut libc::mmsghdr,
+    n: c_uint,
+    flags: c_int,
+) -> c_int {
+    if !engaged() {
+        return real::sendmmsg(fd, msgs, n, flags);
+    }
+    let e0 = errno::get();
+    let first = inside(|nested| {
+        // SAFETY: msgs is null or points to n valid mmsghdr (the program's arguments).
+        let dst = unsafe {
+            if n == 0 {
+                None
+            } else {
+                msgs.as_ref()
+                    .and_then(|m| crate::sys::addr::parse(m.msg_hdr.msg_name.cast(), m.msg_hdr.msg_namelen))
+            }
+        };
+        outgoing::send(fd, dst, false, nested)
+    });
+    drive(first, libc::EAGAIN, e0, || real::sendmmsg(fd, msgs, n, flags) as isize) as c_int
+}
+
+/// Forget the descriptor, then close it from this frame (close is a cancellation point).
+#[no_mangle]
+pub unsafe extern "C-unwind" fn close(fd: c_int) -> c_int {
+    if crate::fdtable::occupied(fd) {
+        let e0 = errno::get();
+        inside(|nested| {
+            if !nested {
+                fds::closing(fd)
+            }
+        });
+        errno::set(e0);
+    }
+    real::close(fd)
+}
+
+/// fcntl is variadic; its third argument is always passed in an integer register on the ABIs
+/// glibc supports here, so a fixed `unsigned long` carries ints and pointers alike. The call is
+/// made from this frame (F_SETLKW is a cancellation point); F_DUPFD* is bookkept after.
+#[no_mangle]
+pub unsafe extern "C-unwind" fn fcntl(fd: c_int, cmd: c_int, arg: c_ulong) -> c_int {
+    let r = real::fcntl(fd, cmd, arg);
+    fcntl_done(fd, cmd, r)
+}
+
+/// nginx and node import `fcntl64@GLIBC_2.28`.
+#[no_mangle]
+pub unsafe extern "C-unwind" fn fcntl64(fd: c_int, cmd: c_int, arg: c_ulong) -> c_int {
+    let r = real::fcntl64(fd, cmd, arg);
+    fcntl_done(fd, cmd, r)
+}
+
+#[inline(always)]
+fn fcntl_done(fd: c_int, cmd: c_int, r: c_int) -> c_int {
+    if r >= 0 && matches!(cmd, libc::F_DUPFD | libc::F_DUPFD_CLOEXEC) && engaged() {
+        let e0 = errno::get();
+        inside(|nested| {
+            if !nested {
+                fds::fcntl_done(fd, cmd, r)
+            }
+        });
+        errno::set(e0);
+    }
+    r
+}
+
+/// Hooks whose call is not a cancellation point: the whole body runs inside the shim.
 macro_rules! hook {
     ($( $(#[$doc:meta])* fn $name:ident($($arg:ident: $ty:ty),*) -> $ret:ty = $body:expr, on_panic = $errno:expr; )*) => {$(
         $(#[$doc])*
         #[no_mangle]
-        pub unsafe extern "C" fn $name($($arg: $ty),*) -> $ret {
-            let Some(_inside) = guard::enter() else {
+        pub unsafe extern "C-unwind" fn $name($($arg: $ty),*) -> $ret {
+            if !engaged() {
                 return real::$name($($arg),*);
-            };
-            match catch_unwind(AssertUnwindSafe(|| $body)) {
-                Ok(r) => r,
-                Err(_) => {
-                    stats::bump(stats::C::internal_errors);
-                    crate::errno::set($errno);
+            }
+            // SAFETY: the program's arguments, passed on as the real function takes them.
+            match inside(|nested| if nested { unsafe { real::$name($($arg),*) } } else { unsafe { $body } }) {
+                Some(r) => r,
+                None => {
+                    errno::set($errno);
                     -1 as $ret
                 }
             }
@@ -31,55 +221,39 @@ macro_rules! hook {
 }
 
 hook! {
-    /// Outgoing TCP/UDP: placed in a slice when in scope.
-    fn connect(fd: c_int, addr: *const sockaddr, len: socklen_t) -> c_int
-        = flow::connect(fd, addr, len), on_panic = libc::EADDRNOTAVAIL;
     /// bind(SLICE_IP, 0) gets a slice port; bind(wildcard, 0) waits for connect/listen.
     fn bind(fd: c_int, addr: *const sockaddr, len: socklen_t) -> c_int
-        = flow::bind(fd, addr, len), on_panic = libc::EADDRINUSE;
+        = bind::bind(fd, addr, len), on_panic = libc::EADDRINUSE;
     /// Carry out a deferred bind first.
-    fn listen(fd: c_int, backlog: c_int) -> c_int = flow::listen(fd, backlog), on_panic = libc::EINVAL;
+    fn listen(fd: c_int, backlog: c_int) -> c_int = bind::listen(fd, backlog), on_panic = libc::EINVAL;
     fn getsockname(fd: c_int, addr: *mut sockaddr, len: *mut socklen_t) -> c_int
-        = flow::getsockname(fd, addr, len), on_panic = libc::EBADF;
-    /// TCP Fast Open (MSG_FASTOPEN) starts a flow; an unconnected UDP send starts one too.
-    fn sendto(fd: c_int, buf: *const c_void, n: usize, flags: c_int, addr: *const sockaddr, len: socklen_t) -> ssize_t
-        = flow::sendto(fd, buf, n, flags, addr, len), on_panic = libc::EAGAIN;
-    fn sendmsg(fd: c_int, msg: *const libc::msghdr, flags: c_int) -> ssize_t
-        = flow::sendmsg(fd, msg, flags), on_panic = libc::EAGAIN;
-    fn sendmmsg(fd: c_int, msgs: *mut libc::mmsghdr, n: c_uint, flags: c_int) -> c_int
-        = flow::sendmmsg(fd, msgs, n, flags), on_panic = libc::EAGAIN;
+        = bind::getsockname(fd, addr, len), on_panic = libc::EBADF;
     /// Records the program's own values of the options the shim changes.
     fn setsockopt(fd: c_int, level: c_int, name: c_int, val: *const c_void, len: socklen_t) -> c_int
-        = flow::setsockopt(fd, level, name, val, len), on_panic = libc::EINVAL;
+        = options::setsockopt(fd, level, name, val, len), on_panic = libc::EINVAL;
     /// Reports the program's own values of the options the shim changed.
     fn getsockopt(fd: c_int, level: c_int, name: c_int, val: *mut c_void, len: *mut socklen_t) -> c_int
-        = flow::getsockopt(fd, level, name, val, len), on_panic = libc::EINVAL;
+        = options::getsockopt(fd, level, name, val, len), on_panic = libc::EINVAL;
     /// Records the program's registration (a swapped socket is registered again).
     fn epoll_ctl(epfd: c_int, op: c_int, fd: c_int, ev: *mut libc::epoll_event) -> c_int
-        = flow::epoll_ctl(epfd, op, fd, ev), on_panic = libc::EINVAL;
+        = fds::epoll_ctl(epfd, op, fd, ev), on_panic = libc::EINVAL;
     /// Per-fd bookkeeping: lock-free, allocation-free, no logging.
-    fn close(fd: c_int) -> c_int = flow::close(fd), on_panic = libc::EBADF;
-    fn dup(fd: c_int) -> c_int = flow::dup(fd), on_panic = libc::EBADF;
-    fn dup2(old: c_int, new: c_int) -> c_int = flow::dup2(old, new), on_panic = libc::EBADF;
-    fn dup3(old: c_int, new: c_int, flags: c_int) -> c_int = flow::dup3(old, new, flags), on_panic = libc::EBADF;
-    /// fcntl is variadic; its third argument is always passed in an integer register on the
-    /// ABIs glibc supports here, so a fixed `unsigned long` carries ints and pointers alike.
-    fn fcntl(fd: c_int, cmd: c_int, arg: c_ulong) -> c_int
-        = flow::fcntl_done(fd, cmd, real::fcntl(fd, cmd, arg)), on_panic = libc::EBADF;
-    /// nginx and node import `fcntl64@GLIBC_2.28`.
-    fn fcntl64(fd: c_int, cmd: c_int, arg: c_ulong) -> c_int
-        = flow::fcntl_done(fd, cmd, real::fcntl64(fd, cmd, arg)), on_panic = libc::EBADF;
+    fn dup(fd: c_int) -> c_int = fds::dup(fd), on_panic = libc::EBADF;
+    fn dup2(old: c_int, new: c_int) -> c_int = fds::dup2(old, new), on_panic = libc::EBADF;
+    fn dup3(old: c_int, new: c_int, flags: c_int) -> c_int = fds::dup3(old, new, flags), on_panic = libc::EBADF;
     fn close_range(first: c_uint, last: c_uint, flags: c_int) -> c_int
-        = flow::close_range(first, last, flags), on_panic = libc::EINVAL;
+        = fds::close_range(first, last, flags), on_panic = libc::EINVAL;
 }
 
 /// glibc's `void closefrom(int)`.
 #[no_mangle]
-pub unsafe extern "C" fn closefrom(low: c_int) {
-    let Some(_inside) = guard::enter() else {
-        return real::closefrom(low);
-    };
-    if catch_unwind(AssertUnwindSafe(|| flow::closefrom(low))).is_err() {
-        stats::bump(stats::C::internal_errors);
+pub unsafe extern "C-unwind" fn closefrom(low: c_int) {
+    if engaged() {
+        inside(|nested| {
+            if !nested {
+                fds::forget_from(low)
+            }
+        });
     }
+    real::closefrom(low)
 }

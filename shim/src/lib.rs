@@ -1,14 +1,15 @@
 //! `libportrange.so`: an LD_PRELOAD shim that makes a program's outgoing TCP and UDP flows leave
 //! from a configured slice (one source IP and a range of its ports). See SPEC.md for the contract
 //! and README.md for the layout; the path of a call is
-//! `hooks` → `guard` → `flow` (→ `scope::decide`) → `strategy::*` → errno/return.
+//! `hooks` → `calls::*` (→ `scope::decide`) → `strategy::*` → `sys::*`; the hook makes the
+//! program's own call from its frame.
 
 pub use portrange_lib::{choice, config, scope};
 
+#[cfg_attr(test, allow(dead_code))]
+mod calls;
 mod errno;
 mod fdtable;
-#[cfg_attr(test, allow(dead_code))]
-mod flow;
 mod guard;
 mod log;
 #[cfg_attr(test, allow(dead_code))]

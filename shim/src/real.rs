@@ -69,8 +69,10 @@ macro_rules! real {
                 return -1 as $ret;
             }
             // SAFETY: the symbol has this C signature in glibc; the caller upholds its contract.
+            // "C-unwind": a cancellation point (connect, close, send*, fcntl F_SETLKW) unwinds
+            // when the thread is cancelled, through the hook that called it.
             unsafe {
-                let f: unsafe extern "C" fn($($ty),*) -> $ret = std::mem::transmute(p);
+                let f: unsafe extern "C-unwind" fn($($ty),*) -> $ret = std::mem::transmute(p);
                 f($($arg),*)
             }
         }

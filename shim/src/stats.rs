@@ -44,6 +44,9 @@ counters! {
     outside_slice,
     // internal errors (a panic caught at a hook boundary)
     internal_errors,
+    // placements refused (EADDRNOTAVAIL/EAGAIN) because a signal handler connected or sent while
+    // its thread was inside the shim
+    reentered_refused,
 }
 
 const N: usize = NAMES.len();

@@ -9,13 +9,13 @@
 //! 4. connect only if that socket is ours; then SO_REUSEADDR=1 again, so the port keeps serving
 //!    other destinations. Otherwise the port is taken for that peer: next port, fresh socket.
 
-use super::{order::Permutation, outcome, Bind, Placed, Target};
-use crate::config::Slice;
+use super::{order::Permutation, Bind, Cursor, Placed, Step, Target};
+use crate::config::{Config, Slice};
 use crate::stats::{self, C};
 use crate::sys::sysctl::Reserved;
 use crate::sys::{addr, diag};
 use libc::c_int;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 
 /// The interface a socket is bound to (SO_BINDTOIFINDEX; 0 = none): a device-bound conflict is
 /// only visible to a lookup with that index.
@@ -23,70 +23,106 @@ fn ifindex(fd: c_int) -> u32 {
     addr::get_int(fd, libc::SOL_SOCKET, 62 /* SO_BINDTOIFINDEX */).unwrap_or(0) as u32
 }
 
-/// Connect the program's UDP socket (`target`) to `dst` from a free 4-tuple of `slices`.
-pub fn place<'a>(
-    mut target: Target,
-    slices: impl Iterator<Item = &'a Slice>,
+/// A cookie-checked UDP connect in progress (plain data; see `strategy`).
+#[derive(Clone, Copy)]
+pub struct Cookie<'r> {
+    pub target: Target,
+    slices: Cursor,
     dst: SocketAddr,
-    reserved: &Reserved,
-    mut attempt: impl FnMut(c_int) -> isize,
-) -> Placed {
-    // SO_REUSEPORT would defeat the lock (another SO_REUSEPORT socket of this user could bind the
-    // port while we check): off during the check, the program's value back after the connect.
-    let reuseport = addr::get_int(target.fd, libc::SOL_SOCKET, libc::SO_REUSEPORT) == Some(1);
-    let mut not_local = None;
-    'slices: for slice in slices {
-        for i in Permutation::new(slice.size()) {
+    reserved: &'r Reserved,
+    /// The program set SO_REUSEPORT: off during the check, back after the connect.
+    reuseport: bool,
+    slice: Option<(Slice, Permutation)>,
+    local: SocketAddr,
+    not_local: Option<IpAddr>,
+}
+
+impl<'r> Cookie<'r> {
+    /// Connect the program's UDP socket (`target`) to `dst` from a free 4-tuple of `slices`.
+    pub fn new(target: Target, slices: Cursor, dst: SocketAddr, reserved: &'r Reserved) -> Cookie<'r> {
+        // SO_REUSEPORT would defeat the lock (another SO_REUSEPORT socket of this user could bind
+        // the port while we check): off during the check, the program's value back after.
+        let reuseport = addr::get_int(target.fd, libc::SOL_SOCKET, libc::SO_REUSEPORT) == Some(1);
+        let local = SocketAddr::new(dst.ip(), 0);
+        Cookie { target, slices, dst, reserved, reuseport, slice: None, local, not_local: None }
+    }
+
+    /// Bind and check candidate ports until one is free for `dst`.
+    pub fn prepare(&mut self, cfg: &Config) -> Step {
+        loop {
+            let (slice, mut perm) = match self.slice {
+                Some(s) => s,
+                None => match self.slices.next(cfg) {
+                    Some(s) => (s, Permutation::new(s.size())),
+                    None => return self.target.done(Placed::none_free(self.not_local)),
+                },
+            };
+            let Some(i) = perm.next() else {
+                stats::bump(C::exhausted);
+                self.slice = None;
+                continue;
+            };
+            self.slice = Some((slice, perm));
             let port = slice.lo + i as u16;
-            if reserved.contains(port) {
+            if self.reserved.contains(port) {
                 continue;
             }
             let local = SocketAddr::new(slice.ip, port);
-            if reuseport {
-                if let Err(e) = addr::set_u32(target.cur, libc::SOL_SOCKET, libc::SO_REUSEPORT, 0) {
-                    return Placed::Setup(e);
+            let t = &mut self.target;
+            if self.reuseport {
+                if let Err(e) = addr::set_u32(t.cur, libc::SOL_SOCKET, libc::SO_REUSEPORT, 0) {
+                    return t.done(Placed::Setup(e));
                 }
             }
-            match target.bind_shared(local) {
+            match t.bind_shared(local) {
                 Bind::Bound => {}
                 Bind::Taken => continue,
                 Bind::NotLocal => {
-                    not_local = Some(slice.ip);
-                    continue 'slices;
+                    self.not_local = Some(slice.ip);
+                    self.slice = None;
+                    continue;
                 }
-                Bind::Stop(p) => return p,
+                Bind::Stop(p) => return t.done(p),
             }
-            let s = target.cur;
+            let s = t.cur;
             stats::bump(C::attempts);
             let ours = diag::cookie(s);
             if let Err(e) = addr::set_u32(s, libc::SOL_SOCKET, libc::SO_REUSEADDR, 0) {
-                return Placed::Setup(e);
+                return t.done(Placed::Setup(e));
             }
             stats::bump(C::lookups);
-            let found = diag::udp(s, local, dst, ifindex(s));
+            let found = diag::udp(s, local, self.dst, ifindex(s));
             let free = match (ours, found) {
                 (Some(c), Ok(Some(f))) => f.cookie == c,
-                (_, Err(diag::DiagError(e))) => return Placed::Setup(e),
+                (_, Err(diag::DiagError(e))) => return t.done(Placed::Setup(e)),
                 // Our own bound socket must be found; anything else is not a safe answer.
                 _ => false,
             };
             if !free {
                 stats::bump(C::conflicts);
-                if let Err(p) = target.fresh() {
-                    return p;
+                if let Err(p) = t.fresh() {
+                    return t.done(p);
                 }
                 continue;
             }
-            let (ret, e) = outcome(attempt(s));
-            let _ = addr::set_u32(s, libc::SOL_SOCKET, libc::SO_REUSEADDR, 1);
-            if reuseport {
-                let _ = addr::set_u32(s, libc::SOL_SOCKET, libc::SO_REUSEPORT, 1);
+            if let Err(p) = t.install() {
+                return t.done(p);
             }
-            return target.conclude(ret, e, *slice, local);
+            self.local = local;
+            return Step::Attempt;
         }
-        stats::bump(C::exhausted);
     }
-    Placed::none_free(not_local)
+
+    /// The connect returned `ret`/`errno`: share the port again, restore SO_REUSEPORT.
+    pub fn after(&mut self, ret: isize, errno: c_int) -> Step {
+        let Some((slice, _)) = self.slice else { return self.target.done(Placed::Setup(libc::EINVAL)) };
+        let fd = self.target.fd;
+        let _ = addr::set_u32(fd, libc::SOL_SOCKET, libc::SO_REUSEADDR, 1);
+        if self.reuseport {
+            let _ = addr::set_u32(fd, libc::SOL_SOCKET, libc::SO_REUSEPORT, 1);
+        }
+        self.target.conclude(ret, errno, slice, self.local)
+    }
 }
 
 #[cfg(test)]
@@ -109,7 +145,15 @@ mod tests {
 
     fn place_one(fd: c_int, family: c_int, slice: Slice, dst: SocketAddr) -> Placed {
         let t = Target::new(fd, fdtable::ino(fd).unwrap(), family, true).unwrap();
-        place(t, [slice].iter(), dst, &Reserved::none(), connect_to(dst, family))
+        let cfg = crate::strategy::test_cfg(&[slice]);
+        let none = Reserved::none();
+        let c = std::cell::RefCell::new(Cookie::new(t, Cursor::new(false, None, 0), dst, &none));
+        crate::strategy::drive(
+            || c.borrow_mut().prepare(&cfg),
+            |r, e| c.borrow_mut().after(r, e),
+            fd,
+            connect_to(dst, family),
+        )
     }
 
     // Ports 59950-59969 belong to these unit tests.

@@ -13,85 +13,113 @@
 //! where an explicit bind would succeed. Its sockets carry SO_REUSEADDR=1, so their TIME_WAITs
 //! do not lock a port against later explicit binds for 60 s.
 
-use super::{outcome, retry::Retry, Placed, Target};
-use crate::config::Slice;
+use super::{started, Cursor, Placed, Step, Target};
+use crate::config::{Config, Slice};
 use crate::sys::addr;
 use crate::sys::sysctl::{range_value, IP_LOCAL_PORT_RANGE};
 use libc::c_int;
 use std::net::{IpAddr, SocketAddr};
 
-/// Place the program's socket (`target`) in the first of the `slices()` that has room, then run
-/// `attempt` (connect, or a TCP Fast Open send) on it. `bound`: the IP the socket is already
-/// bound to with port 0 (by the program with IP_BIND_ADDRESS_NO_PORT, or by an earlier attempt).
-/// `fallback` searches when the kernel finds every slice full for `dst`.
-pub fn place<'a, I: Iterator<Item = &'a Slice>>(
-    mut target: Target,
-    slices: impl Fn() -> I,
-    mut bound: Option<IpAddr>,
-    fallback: &Retry,
-    dst: SocketAddr,
-    mut attempt: impl FnMut(c_int) -> isize,
-) -> Placed {
-    if !target.is_own() {
-        bound = None;
+/// A kernel-strategy placement in progress (plain data, resumable; see `strategy`).
+#[derive(Clone, Copy, Debug)]
+pub struct Kernel {
+    pub target: Target,
+    /// The slices, from the first (for the explicit-bind fallback) and the next to try.
+    pub first: Cursor,
+    slices: Cursor,
+    /// The IP the socket is bound to with port 0 (by the program with IP_BIND_ADDRESS_NO_PORT,
+    /// or by an earlier attempt).
+    bound: Option<IpAddr>,
+    not_local: Option<IpAddr>,
+    /// The slice of the attempt in flight.
+    slice: Option<Slice>,
+    /// The kernel reported a slice full for this destination.
+    full: bool,
+}
+
+/// How a kernel-strategy step ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum KStep {
+    Step(Step),
+    /// The kernel found every slice full: the same socket (a failed NO_PORT connect leaves it
+    /// re-bindable) goes to the explicit-bind search, which may still find a tuple.
+    Fallback,
+}
+
+impl Kernel {
+    /// Place the program's socket (`target`) in the first of `slices` that has room; the
+    /// program's call (connect, or a TCP Fast Open send) is each attempt.
+    pub fn new(target: Target, slices: Cursor, bound: Option<IpAddr>) -> Kernel {
+        let bound = if target.is_own() { bound } else { None };
+        Kernel { target, first: slices, slices, bound, not_local: None, slice: None, full: false }
     }
-    for (opt, level, v) in
-        [(libc::IP_BIND_ADDRESS_NO_PORT, libc::IPPROTO_IP, 1), (libc::SO_REUSEADDR, libc::SOL_SOCKET, 1)]
-    {
-        if let Err(e) = addr::set_u32(target.cur, level, opt, v) {
-            return Placed::Setup(e);
-        }
-    }
-    let mut not_local = None;
-    let mut full = false;
-    for slice in slices() {
-        if let Err(e) =
-            addr::set_u32(target.cur, libc::IPPROTO_IP, IP_LOCAL_PORT_RANGE, range_value(slice.lo, slice.hi))
-        {
-            return Placed::Setup(e);
-        }
-        if bound != Some(slice.ip) {
-            match addr::bind(target.cur, SocketAddr::new(slice.ip, 0), target.family) {
-                Ok(()) => bound = Some(slice.ip),
-                Err(libc::EADDRNOTAVAIL) => {
-                    not_local = Some(slice.ip);
-                    continue;
+
+    /// Ready the socket for the next slice.
+    pub fn prepare(&mut self, cfg: &Config) -> KStep {
+        let t = &mut self.target;
+        if self.slice.is_none() {
+            for (opt, level) in
+                [(libc::IP_BIND_ADDRESS_NO_PORT, libc::IPPROTO_IP), (libc::SO_REUSEADDR, libc::SOL_SOCKET)]
+            {
+                if let Err(e) = addr::set_u32(t.cur, level, opt, 1) {
+                    return KStep::Step(t.done(Placed::Setup(e)));
                 }
-                Err(e) => return Placed::Setup(e),
             }
         }
-        crate::stats::bump(crate::stats::C::attempts);
-        let (ret, errno) = outcome(attempt(target.cur));
-        if ret >= 0 || errno == libc::EINPROGRESS {
-            let local = addr::local(target.cur).map(|(_, a)| addr::canonical(a));
-            return match local {
-                Some(local) if local.ip() == slice.ip && slice.contains_port(local.port()) => {
-                    match target.commit() {
-                        Ok(()) => Placed::Ok { ret, errno, slice: *slice, local },
-                        Err(p) => p,
+        while let Some(slice) = self.slices.next(cfg) {
+            let range = range_value(slice.lo, slice.hi);
+            if let Err(e) = addr::set_u32(t.cur, libc::IPPROTO_IP, IP_LOCAL_PORT_RANGE, range) {
+                return KStep::Step(t.done(Placed::Setup(e)));
+            }
+            if self.bound != Some(slice.ip) {
+                match addr::bind(t.cur, SocketAddr::new(slice.ip, 0), t.family) {
+                    Ok(()) => self.bound = Some(slice.ip),
+                    Err(libc::EADDRNOTAVAIL) => {
+                        self.not_local = Some(slice.ip);
+                        continue;
                     }
+                    Err(e) => return KStep::Step(t.done(Placed::Setup(e))),
+                }
+            }
+            if let Err(p) = t.install() {
+                return KStep::Step(t.done(p));
+            }
+            self.slice = Some(slice);
+            crate::stats::bump(crate::stats::C::attempts);
+            return KStep::Step(Step::Attempt);
+        }
+        if self.full {
+            return KStep::Fallback;
+        }
+        KStep::Step(t.done(Placed::none_free(self.not_local)))
+    }
+
+    /// The attempt returned `ret`/`errno`.
+    pub fn after(&mut self, cfg: &Config, ret: isize, errno: c_int) -> KStep {
+        let Some(slice) = self.slice else {
+            return KStep::Step(self.target.done(Placed::Setup(libc::EINVAL)));
+        };
+        let t = &mut self.target;
+        if started(ret, errno) {
+            // The kernel chose the port: check it (the sysctl range clamps the slice silently).
+            let local = addr::local(t.fd).map(|(_, a)| addr::canonical(a));
+            return KStep::Step(match local {
+                Some(local) if local.ip() == slice.ip && slice.contains_port(local.port()) => {
+                    t.done(Placed::Ok { ret, errno, slice, local })
                 }
                 other => {
-                    abort(target.cur);
-                    Placed::Outside { slice: *slice, local: other.unwrap_or(SocketAddr::new(slice.ip, 0)) }
+                    abort(t.fd);
+                    t.done(Placed::Outside { slice, local: other.unwrap_or(SocketAddr::new(slice.ip, 0)) })
                 }
-            };
+            });
         }
         if errno != libc::EADDRNOTAVAIL {
-            return target.conclude(ret, errno, *slice, SocketAddr::new(slice.ip, 0));
+            return KStep::Step(t.conclude(ret, errno, slice, SocketAddr::new(slice.ip, 0)));
         }
         // The kernel found no port in this slice for this destination.
-        full = true;
+        self.full = true;
+        self.prepare(cfg)
     }
-    if !full {
-        return Placed::none_free(not_local);
-    }
-    // An explicit bind may still find one: a young TIME_WAIT, a port an explicit bind holds.
-    let r = fallback.place(target, slices, dst, attempt);
-    if matches!(r, Placed::Ok { .. }) {
-        crate::stats::bump(crate::stats::C::kernel_fallbacks);
-    }
-    r
 }
 
 /// Drop a connection started from the wrong port: connect(AF_UNSPEC) disconnects a TCP socket
@@ -107,20 +135,12 @@ pub fn abort(fd: c_int) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::strategy::retry::Retry;
     use std::os::fd::AsRawFd;
 
     fn connect(fd: c_int, dst: SocketAddr, family: c_int) -> isize {
         let raw = addr::to_raw(dst, family);
         unsafe { crate::real::connect(fd, raw.ptr(), raw.len) as isize }
-    }
-
-    fn fb() -> Retry<'static> {
-        static NONE: std::sync::OnceLock<crate::sys::sysctl::Reserved> = std::sync::OnceLock::new();
-        Retry {
-            reserved: NONE.get_or_init(crate::sys::sysctl::Reserved::none),
-            precheck: true,
-            tw_reusable: true,
-        }
     }
 
     fn own(fd: c_int, family: c_int) -> Target {
@@ -130,6 +150,54 @@ mod tests {
     fn tcp(family: c_int) -> std::os::fd::OwnedFd {
         use std::os::fd::FromRawFd;
         unsafe { std::os::fd::OwnedFd::from_raw_fd(libc::socket(family, libc::SOCK_STREAM, 0)) }
+    }
+
+    /// Place with the kernel strategy (and its explicit-bind fallback), each attempt made by
+    /// `attempt`.
+    fn place(t: Target, slices: &[Slice], dst: SocketAddr, attempt: impl FnMut(c_int) -> isize) -> Placed {
+        enum S {
+            K(Kernel),
+            R(crate::strategy::retry::Place<'static>),
+        }
+        static NONE: std::sync::OnceLock<crate::sys::sysctl::Reserved> = std::sync::OnceLock::new();
+        let fb = Retry {
+            reserved: NONE.get_or_init(crate::sys::sysctl::Reserved::none),
+            precheck: true,
+            tw_reusable: true,
+        };
+        let cfg = crate::strategy::test_cfg(slices);
+        let v6 = slices[0].ip.is_ipv6();
+        let s = std::cell::RefCell::new(S::K(Kernel::new(t, Cursor::new(v6, None, 0), None)));
+        let step = |k: KStep, s: &mut S| match k {
+            KStep::Step(st) => st,
+            KStep::Fallback => {
+                let S::K(k) = s else { unreachable!() };
+                let mut r = fb.start(k.target, k.first, dst);
+                let st = r.prepare(&cfg);
+                *s = S::R(r);
+                st
+            }
+        };
+        super::super::drive(
+            || {
+                let mut s = s.borrow_mut();
+                let k = match &mut *s {
+                    S::K(k) => k.prepare(&cfg),
+                    S::R(r) => KStep::Step(r.prepare(&cfg)),
+                };
+                step(k, &mut s)
+            },
+            |r, e| {
+                let mut s = s.borrow_mut();
+                let k = match &mut *s {
+                    S::K(k) => k.after(&cfg, r, e),
+                    S::R(p) => KStep::Step(p.after(&cfg, r, e)),
+                };
+                step(k, &mut s)
+            },
+            t.fd,
+            attempt,
+        )
     }
 
     // Ports 59900-59903 are this unit test's own (cdylib-tests allocate from 33000 upward).
@@ -144,14 +212,7 @@ mod tests {
             for _ in 0..2 {
                 let s = tcp(libc::AF_INET);
                 let fd = s.as_raw_fd();
-                match place(
-                    own(fd, libc::AF_INET),
-                    || std::iter::once(&slice),
-                    None,
-                    &fb(),
-                    dst,
-                    |fd| connect(fd, dst, libc::AF_INET),
-                ) {
+                match place(own(fd, libc::AF_INET), &[slice], dst, |fd| connect(fd, dst, libc::AF_INET)) {
                     Placed::Ok { ret: 0, local, .. } => ports.push(local.port()),
                     other => panic!("{other:?}"),
                 }
@@ -162,14 +223,7 @@ mod tests {
             let s = tcp(libc::AF_INET);
             let fd = s.as_raw_fd();
             assert_eq!(
-                place(
-                    own(fd, libc::AF_INET),
-                    || std::iter::once(&slice),
-                    None,
-                    &fb(),
-                    dst,
-                    |fd| connect(fd, dst, libc::AF_INET)
-                ),
+                place(own(fd, libc::AF_INET), &[slice], dst, |fd| connect(fd, dst, libc::AF_INET)),
                 Placed::Exhausted
             );
         }
@@ -187,14 +241,7 @@ mod tests {
             // v4 slices on an AF_INET6 socket: bound as ::ffff:a.b.c.d, range set at IPPROTO_IP.
             let s = tcp(libc::AF_INET6);
             let fd = s.as_raw_fd();
-            match place(
-                own(fd, libc::AF_INET6),
-                || [&a, &b].into_iter(),
-                None,
-                &fb(),
-                dst,
-                |fd| connect(fd, dst, libc::AF_INET6),
-            ) {
+            match place(own(fd, libc::AF_INET6), &[a, b], dst, |fd| connect(fd, dst, libc::AF_INET6)) {
                 Placed::Ok { local, .. } => got.push(local),
                 other => panic!("{other:?}"),
             }
@@ -205,14 +252,7 @@ mod tests {
         let s = tcp(libc::AF_INET6);
         let fd = s.as_raw_fd();
         assert_eq!(
-            place(
-                own(fd, libc::AF_INET6),
-                || [&a, &b].into_iter(),
-                None,
-                &fb(),
-                dst,
-                |fd| connect(fd, dst, libc::AF_INET6)
-            ),
+            place(own(fd, libc::AF_INET6), &[a, b], dst, |fd| connect(fd, dst, libc::AF_INET6)),
             Placed::Exhausted
         );
     }
@@ -228,14 +268,7 @@ mod tests {
         let slice = Slice { ip: "127.0.0.2".parse().unwrap(), lo: 65000, hi: 65009 };
         let s = tcp(libc::AF_INET);
         let fd = s.as_raw_fd();
-        match place(
-            own(fd, libc::AF_INET),
-            || std::iter::once(&slice),
-            None,
-            &fb(),
-            dst,
-            |fd| connect(fd, dst, libc::AF_INET),
-        ) {
+        match place(own(fd, libc::AF_INET), &[slice], dst, |fd| connect(fd, dst, libc::AF_INET)) {
             Placed::Outside { local, .. } => assert!(!slice.contains_port(local.port())),
             other => panic!("{other:?}"),
         }
@@ -250,14 +283,7 @@ mod tests {
         let fd = s.as_raw_fd();
         let slice = Slice { ip: "192.0.2.77".parse().unwrap(), lo: 59904, hi: 59904 };
         let dst: SocketAddr = "127.0.0.1:9".parse().unwrap();
-        let r = place(
-            own(fd, libc::AF_INET),
-            || std::iter::once(&slice),
-            None,
-            &fb(),
-            dst,
-            |_| panic!("must not connect"),
-        );
+        let r = place(own(fd, libc::AF_INET), &[slice], dst, |_| panic!("must not connect"));
         assert_eq!(r, Placed::NotLocal(slice.ip));
     }
 }

@@ -33,6 +33,7 @@ pub fn random() -> u64 {
 }
 
 /// Iterates a random permutation of `0..n`.
+#[derive(Clone, Copy, Debug)]
 pub struct Permutation {
     n: u32,
     mask: u32,

@@ -15,14 +15,15 @@
 //! A blocking connect that found every slice full only because of closing tuples searches
 //! again, for a bounded time ([`wait`]); a non-blocking one gets EADDRNOTAVAIL at once.
 
-use super::{order::Permutation, outcome, wait, Bind, Placed, Target};
-use crate::config::Slice;
+use super::{order::Permutation, wait, Bind, Cursor, Placed, Step, Target};
+use crate::config::{Config, Slice};
 use crate::stats::{self, C};
 use crate::sys::holder::{self, Holder};
 use crate::sys::sysctl::Reserved;
 use libc::c_int;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 
+#[derive(Clone, Copy)]
 pub struct Retry<'r> {
     pub reserved: &'r Reserved,
     /// Skip candidates whose 4-tuple is held (the look-up happens either way).
@@ -31,106 +32,133 @@ pub struct Retry<'r> {
     pub tw_reusable: bool,
 }
 
-/// How a search of one slice ended.
-enum Search {
-    Done(Placed),
-    NotLocal,
-    /// No free tuple; `closing` of the held ones are in closing states.
-    Full {
-        closing: u32,
-    },
+/// A retry-strategy placement in progress (plain data, resumable; see `strategy`).
+#[derive(Clone, Copy)]
+pub struct Place<'r> {
+    pub target: Target,
+    how: Retry<'r>,
+    /// The slices of this pass (a pass is started again after a wait for closing tuples).
+    first: Cursor,
+    slices: Cursor,
+    dst: SocketAddr,
+    /// The slice being searched and the order of its ports.
+    slice: Option<(Slice, Permutation)>,
+    /// The candidate of the attempt in flight.
+    local: SocketAddr,
+    /// This pass: a slice IP not on this host, held tuples in closing states, full slices.
+    not_local: Option<IpAddr>,
+    closing: u32,
+    full: u64,
+    wait: wait::Wait,
 }
 
-impl Retry<'_> {
-    /// Place the program's `fd` towards `dst` in the first of the `slices()` with a free 4-tuple
-    /// and run `attempt` (connect, or a TCP Fast Open send) on whichever socket holds the port.
-    /// A blocking socket waits a bounded time for closing tuples before giving up.
-    pub fn place<'a, I: Iterator<Item = &'a Slice>>(
-        &self,
-        mut target: Target,
-        slices: impl Fn() -> I,
-        dst: SocketAddr,
-        mut attempt: impl FnMut(c_int) -> isize,
-    ) -> Placed {
-        let mut wait = wait::Wait::new(wait::blocking(target.fd));
-        loop {
-            let mut not_local = None;
-            let mut closing = 0;
-            let mut full = 0;
-            for slice in slices() {
-                match self.search(&mut target, slice, dst, &mut attempt) {
-                    Search::Done(p) => {
-                        if wait.waited {
-                            stats::bump(C::closing_waits);
-                        }
-                        return p;
-                    }
-                    Search::NotLocal => not_local = Some(slice.ip),
-                    Search::Full { closing: c } => {
-                        closing += c;
-                        full += 1;
-                    }
-                }
-            }
-            if closing == 0 || !wait.again() {
-                stats::add(C::exhausted, full);
-                return Placed::none_free(not_local);
-            }
+impl<'r> Retry<'r> {
+    /// Place the program's `fd` (`target`) towards `dst` in the first of `slices` with a free
+    /// 4-tuple; the program's call (connect, or a TCP Fast Open send) is each attempt. A blocking
+    /// socket waits a bounded time for closing tuples before giving up.
+    pub fn start(self, target: Target, slices: Cursor, dst: SocketAddr) -> Place<'r> {
+        Place {
+            target,
+            how: self,
+            first: slices,
+            slices,
+            dst,
+            slice: None,
+            local: SocketAddr::new(dst.ip(), 0),
+            not_local: None,
+            closing: 0,
+            full: 0,
+            wait: wait::Wait::new(wait::blocking(target.fd)),
         }
     }
+}
 
-    /// One pass over `slice`'s ports, in random order.
-    fn search(
-        &self,
-        target: &mut Target,
-        slice: &Slice,
-        dst: SocketAddr,
-        attempt: &mut impl FnMut(c_int) -> isize,
-    ) -> Search {
-        let mut closing = 0;
-        for i in Permutation::new(slice.size()) {
+impl Place<'_> {
+    /// Find the next candidate (slices in turn, each slice's ports in random order), bind it
+    /// on the socket to attempt on, and move that socket into the program's fd.
+    pub fn prepare(&mut self, cfg: &Config) -> Step {
+        loop {
+            let (slice, mut perm) = match self.slice {
+                Some(s) => s,
+                None => match self.slices.next(cfg) {
+                    Some(s) => (s, Permutation::new(s.size())),
+                    None => {
+                        // A pass over every slice found nothing free.
+                        if self.closing == 0 || !self.wait.again() {
+                            stats::add(C::exhausted, self.full);
+                            return self.target.done(Placed::none_free(self.not_local));
+                        }
+                        self.slices = self.first;
+                        self.not_local = None;
+                        self.closing = 0;
+                        self.full = 0;
+                        continue;
+                    }
+                },
+            };
+            let Some(i) = perm.next() else {
+                self.full += 1;
+                self.slice = None;
+                continue;
+            };
+            self.slice = Some((slice, perm));
             let port = slice.lo + i as u16;
-            if self.reserved.contains(port) {
+            if self.how.reserved.contains(port) {
                 continue;
             }
             let local = SocketAddr::new(slice.ip, port);
             stats::bump(C::lookups);
             // A failed look-up (no netlink?) leaves the decision to the kernel's connect.
-            let state = holder::tcp_state(target.fd, local, dst).unwrap_or(None);
-            let h = holder::classify(state, self.tw_reusable);
+            let state = holder::tcp_state(self.target.fd, local, self.dst).unwrap_or(None);
+            let h = holder::classify(state, self.how.tw_reusable);
             if h == Holder::Closing {
-                closing += 1;
+                self.closing += 1;
             }
             // Without the pre-check, held tuples are attempted (the connect fails safely), except
             // an orphaned FIN_WAIT2 (taken over: the peer is reset) and a TIME_WAIT that cannot
             // be reused.
             let tw_held = h == Holder::Held && state == Some(holder::TCP_TIME_WAIT);
             let attempt_it =
-                if self.precheck { h == Holder::Free } else { !holder::unsafe_to_try(state) && !tw_held };
+                if self.how.precheck { h == Holder::Free } else { !holder::unsafe_to_try(state) && !tw_held };
             if !attempt_it {
                 stats::bump(C::conflicts);
                 continue;
             }
-            match target.bind_shared(local) {
+            match self.target.bind_shared(local) {
                 Bind::Bound => {}
                 Bind::Taken => continue,
-                Bind::NotLocal => return Search::NotLocal,
-                Bind::Stop(p) => return Search::Done(p),
-            }
-            stats::bump(C::attempts);
-            let (ret, e) = outcome(attempt(target.cur));
-            if e == libc::EADDRNOTAVAIL {
-                // Lost the 4-tuple (a race, a holder the pre-check skipped or did not see, a
-                // TIME_WAIT of a peer without timestamps).
-                stats::bump(C::conflicts);
-                if let Err(p) = target.fresh() {
-                    return Search::Done(p);
+                Bind::NotLocal => {
+                    self.not_local = Some(slice.ip);
+                    self.slice = None;
+                    continue;
                 }
-                continue;
+                Bind::Stop(p) => return self.target.done(p),
             }
-            return Search::Done(target.conclude(ret, e, *slice, local));
+            if let Err(p) = self.target.install() {
+                return self.target.done(p);
+            }
+            self.local = local;
+            stats::bump(C::attempts);
+            return Step::Attempt;
         }
-        Search::Full { closing }
+    }
+
+    /// The attempt returned `ret`/`errno`.
+    pub fn after(&mut self, cfg: &Config, ret: isize, errno: c_int) -> Step {
+        let Some((slice, _)) = self.slice else { return self.target.done(Placed::Setup(libc::EINVAL)) };
+        if ret < 0 && errno == libc::EADDRNOTAVAIL {
+            // Lost the 4-tuple (a race, a holder the pre-check skipped or did not see, a
+            // TIME_WAIT of a peer without timestamps): the socket cannot be bound again.
+            stats::bump(C::conflicts);
+            if let Err(p) = self.target.fresh() {
+                return self.target.done(p);
+            }
+            return self.prepare(cfg);
+        }
+        if self.wait.waited {
+            stats::bump(C::closing_waits);
+        }
+        self.target.conclude(ret, errno, slice, self.local)
     }
 }
 
@@ -151,10 +179,13 @@ mod tests {
     fn place(fd: c_int, slice: Slice, dst: SocketAddr, precheck: bool, reserved: &Reserved) -> Placed {
         let ino = fdtable::ino(fd).unwrap();
         let t = Target::new(fd, ino, libc::AF_INET, true).unwrap();
-        Retry { reserved, precheck, tw_reusable: true }.place(
-            t,
-            || std::iter::once(&slice),
-            dst,
+        let cfg = crate::strategy::test_cfg(&[slice]);
+        let how = Retry { reserved, precheck, tw_reusable: true };
+        let p = std::cell::RefCell::new(how.start(t, Cursor::new(false, None, 0), dst));
+        crate::strategy::drive(
+            || p.borrow_mut().prepare(&cfg),
+            |r, e| p.borrow_mut().after(&cfg, r, e),
+            fd,
             connect_fn(dst, libc::AF_INET),
         )
     }

@@ -45,7 +45,8 @@ pub fn blocking(fd: libc::c_int) -> bool {
     fl >= 0 && fl & libc::O_NONBLOCK == 0
 }
 
-/// The wait of one connect.
+/// The wait of one connect (plain data: it lives in the hook's frame across attempts).
+#[derive(Clone, Copy, Debug)]
 pub struct Wait {
     /// None: never wait (non-blocking).
     start: Option<u64>,

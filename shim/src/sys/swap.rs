@@ -12,7 +12,7 @@ use crate::sys::{addr, options};
 use libc::c_int;
 
 /// Why a swap cannot be done.
-#[derive(Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum SwapError {
     /// The program set an option that cannot be carried over.
     Option(c_int, c_int),

@@ -1,0 +1,177 @@
+//! bind(), listen(), getsockname(): deferred wildcard binds and bind(SLICE_IP, 0).
+
+use super::Sock;
+use crate::fdtable::{self, flag};
+use crate::scope::Proto;
+use crate::stats::{self, C};
+use crate::sys::addr;
+use crate::{errno, mode, real, Mode};
+use libc::{c_int, sockaddr, socklen_t};
+use std::net::SocketAddr;
+
+fn fail(e: c_int) -> c_int {
+    errno::set(e);
+    -1
+}
+
+/// Carry out a deferred bind: the program needs its port now (getsockname, listen), or the flow
+/// is left alone. A deferred bind(wildcard, 0) gets the kernel's port and must behave exactly
+/// as without the shim; a deferred bind(SLICE_IP, 0) (the socket holds the IP, no port) gets a
+/// port of that IP's slices of its own, as the kernel would have given one at bind time.
+/// `Err(errno)` when the slices have no free port.
+pub fn materialize(fd: c_int, ino: u64, family: c_int) -> Result<(), c_int> {
+    let ip = addr::local(fd).map(|(_, a)| crate::config::canonical(a.ip()));
+    match (ip, mode()) {
+        (Some(ip), Some(Mode::Active(active))) if !ip.is_unspecified() => {
+            let slices = active.cfg.slices.iter().filter(|s| s.ip == ip);
+            let r = bind_slice_port(fd, family, slices, &active.reserved);
+            fdtable::update(fd, ino, if r.is_ok() { flag::PLACED } else { 0 }, flag::DEFERRED_BIND);
+            r
+        }
+        _ => {
+            let any = if family == libc::AF_INET6 {
+                SocketAddr::new(std::net::Ipv6Addr::UNSPECIFIED.into(), 0)
+            } else {
+                SocketAddr::new(std::net::Ipv4Addr::UNSPECIFIED.into(), 0)
+            };
+            let _ = addr::bind(fd, any, family);
+            fdtable::update(fd, ino, flag::WILDCARD_PORT, flag::DEFERRED_BIND);
+            Ok(())
+        }
+    }
+}
+
+/// A port of one of `slices` owned by `fd` (SO_REUSEADDR=0 while binding; the program's own
+/// value is put back: a port it binds this way is its own to share).
+fn bind_slice_port<'a>(
+    fd: c_int,
+    family: c_int,
+    slices: impl Iterator<Item = &'a crate::config::Slice>,
+    reserved: &crate::sys::sysctl::Reserved,
+) -> Result<(), c_int> {
+    let prog_reuse = addr::get_int(fd, libc::SOL_SOCKET, libc::SO_REUSEADDR).unwrap_or(0) != 0;
+    let r = crate::strategy::exclusive::bind_free(fd, family, slices, reserved);
+    let _ = addr::set_u32(fd, libc::SOL_SOCKET, libc::SO_REUSEADDR, u32::from(prog_reuse));
+    match r {
+        Ok((slice, at)) => {
+            stats::bump(C::placed_bind);
+            log::debug!("fd {fd}: given {at} (slice {slice})");
+            Ok(())
+        }
+        Err(e) => {
+            log::info!("fd {fd}: no free port in its slices ({})", std::io::Error::from_raw_os_error(e));
+            Err(e)
+        }
+    }
+}
+
+/// A deferred bind that must happen before the program's call on `fd`.
+pub fn materialize_if_deferred(fd: c_int) -> Result<(), c_int> {
+    if !fdtable::occupied(fd) {
+        return Ok(());
+    }
+    let e0 = errno::get();
+    let mut r = Ok(());
+    if let Some(ino) = fdtable::ino(fd) {
+        if fdtable::flags(fd, ino) & flag::DEFERRED_BIND != 0 {
+            if let Some((family, _)) = addr::local(fd) {
+                r = materialize(fd, ino, family);
+            }
+        }
+    }
+    errno::set(e0);
+    r
+}
+
+pub unsafe fn bind(fd: c_int, sa: *const sockaddr, len: socklen_t) -> c_int {
+    let (Some(Mode::Active(active)), Some(req)) = (mode(), addr::parse(sa, len)) else {
+        return real::bind(fd, sa, len);
+    };
+    if fdtable::occupied(fd) {
+        // A socket whose bind the shim deferred is bound, as far as the program knows.
+        let e0 = errno::get();
+        if fdtable::ino(fd).is_some_and(|ino| fdtable::flags(fd, ino) & flag::DEFERRED_BIND != 0) {
+            return fail(libc::EINVAL) as c_int;
+        }
+        errno::set(e0);
+    }
+    if req.port() != 0 {
+        return real::bind(fd, sa, len);
+    }
+    let e0 = errno::get();
+    let (Some(sock), Some(ino)) = (Sock::of(fd), fdtable::ino(fd)) else {
+        errno::set(e0);
+        return real::bind(fd, sa, len);
+    };
+    let flags = fdtable::flags(fd, ino);
+    let ip = crate::config::canonical(req.ip());
+    if req.ip().is_unspecified() {
+        // bind(0.0.0.0 / ::, 0): the kernel would pick a port now; the shim waits, so that a
+        // connect or first send can still be placed, and a listen gets the port it expects.
+        if flags & (flag::DEFERRED_BIND | flag::PLACED) != 0 || sock.local.port() != 0 {
+            return fail(libc::EINVAL) as c_int; // already bound, as the kernel says
+        }
+        if !sock.local.ip().is_unspecified() {
+            errno::set(e0);
+            return real::bind(fd, sa, len);
+        }
+        fdtable::update(fd, ino, flag::DEFERRED_BIND, 0);
+        log::trace!("bind fd {fd} to {req}: deferred until connect/send/listen/getsockname");
+        errno::set(e0);
+        return 0;
+    }
+    if !active.cfg.slices.iter().any(|s| s.ip == ip) {
+        errno::set(e0);
+        return real::bind(fd, sa, len);
+    }
+    // bind(SLICE_IP, 0). With IP_BIND_ADDRESS_NO_PORT (nginx proxy_bind, HAProxy source) the
+    // port is placed at connect, shared across destinations: only the IP is bound now.
+    if addr::get_int(fd, libc::IPPROTO_IP, libc::IP_BIND_ADDRESS_NO_PORT) == Some(1) {
+        errno::set(e0);
+        return real::bind(fd, sa, len);
+    }
+    if sock.proto == Proto::Tcp {
+        // Without NO_PORT the kernel would give the socket a port of its own now, whose
+        // TIME_WAIT would later keep it from every placement for 60 s (wget --bind-address,
+        // ssh -b). The shim binds only the IP (NO_PORT, on the program's behalf) and places
+        // the port at connect, shared across destinations; getsockname/listen first get a
+        // port of their own then (`materialize`).
+        if let Err(e) = addr::set_u32(fd, libc::IPPROTO_IP, libc::IP_BIND_ADDRESS_NO_PORT, 1) {
+            return fail(e) as c_int;
+        }
+        let r = real::bind(fd, sa, len);
+        if r != 0 {
+            let e = errno::get();
+            let _ = addr::set_u32(fd, libc::IPPROTO_IP, libc::IP_BIND_ADDRESS_NO_PORT, 0);
+            return fail(e) as c_int;
+        }
+        fdtable::update(fd, ino, flag::SHIM_NO_PORT | flag::DEFERRED_BIND, flag::PROG_NO_PORT);
+        log::trace!("bind fd {fd} to {req}: port deferred until connect/listen/getsockname");
+        errno::set(e0);
+        return 0;
+    }
+    // A UDP socket gets a port of that IP's slices at once, as the kernel would give one (an
+    // unconnected socket talks to anyone from it: it owns it).
+    let slices = active.cfg.slices.iter().filter(|s| s.ip == ip);
+    match bind_slice_port(fd, sock.family, slices, &active.reserved) {
+        Ok(()) => {
+            fdtable::update(fd, ino, flag::PLACED, 0);
+            errno::set(e0);
+            0
+        }
+        Err(e) => fail(e) as c_int,
+    }
+}
+
+pub unsafe fn listen(fd: c_int, backlog: c_int) -> c_int {
+    if let Err(e) = materialize_if_deferred(fd) {
+        // The kernel would pick a port outside the slice: refuse, as for a full port range.
+        return fail(e) as c_int;
+    }
+    real::listen(fd, backlog)
+}
+
+pub unsafe fn getsockname(fd: c_int, sa: *mut sockaddr, len: *mut socklen_t) -> c_int {
+    let _ = materialize_if_deferred(fd);
+    real::getsockname(fd, sa, len)
+}

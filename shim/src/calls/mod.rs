@@ -1,0 +1,28 @@
+//! The body of each hook, by concern. Each function here runs inside the shim (re-entry flag
+//! set, cancellation disabled, panics caught: see `hooks`). Those of `outgoing` never make the
+//! program's own call: they answer what the hook should do next.
+pub mod bind;
+pub mod fds;
+pub mod options;
+pub mod outgoing;
+
+use crate::scope::{self, Proto};
+use crate::sys::addr;
+use libc::c_int;
+use std::net::SocketAddr;
+
+/// The facts about a socket that decisions need.
+pub struct Sock {
+    pub family: c_int,
+    pub proto: Proto,
+    pub local: SocketAddr,
+}
+
+impl Sock {
+    /// `None` unless `fd` is an AF_INET/AF_INET6 TCP or UDP socket.
+    pub fn of(fd: c_int) -> Option<Sock> {
+        let proto = scope::proto(addr::get_int(fd, libc::SOL_SOCKET, libc::SO_PROTOCOL)?)?;
+        let (family, local) = addr::local(fd)?;
+        matches!(family, libc::AF_INET | libc::AF_INET6).then_some(Sock { family, proto, local })
+    }
+}

@@ -1,0 +1,81 @@
+//! setsockopt/getsockopt: the program's own values of the three options the shim changes
+//! (SO_REUSEADDR, IP_BIND_ADDRESS_NO_PORT, IP_LOCAL_PORT_RANGE), and which options to carry over
+//! if a socket is ever swapped.
+
+use crate::fdtable::{self, flag};
+use crate::sys::options;
+use crate::sys::sysctl::IP_LOCAL_PORT_RANGE;
+use crate::{errno, mode, real, Mode};
+use libc::{c_int, c_void, socklen_t};
+
+unsafe fn read_int(val: *const c_void, len: socklen_t) -> u32 {
+    match len {
+        0 => 0,
+        1..=3 => u32::from(*(val as *const u8)),
+        _ => std::ptr::read_unaligned(val as *const u32),
+    }
+}
+
+/// Record what the program set: its own value of an option the shim manages (reported back by
+/// getsockopt), or which option to carry over if the socket is ever swapped.
+pub unsafe fn setsockopt(fd: c_int, level: c_int, name: c_int, val: *const c_void, len: socklen_t) -> c_int {
+    let r = real::setsockopt(fd, level, name, val, len);
+    if r != 0 || !matches!(mode(), Some(Mode::Active(_))) {
+        return r;
+    }
+    let e0 = errno::get();
+    if let Some(ino) = fdtable::ino(fd) {
+        if options::managed(level, name) {
+            let v = if val.is_null() { 0 } else { read_int(val, len) };
+            let bit = |set: bool, b: u64| if set { (b, 0) } else { (0, b) };
+            let (set, clear) = match (level, name) {
+                (libc::IPPROTO_IP, libc::IP_BIND_ADDRESS_NO_PORT) => bit(v != 0, flag::PROG_NO_PORT),
+                (libc::SOL_SOCKET, libc::SO_REUSEADDR) => bit(v != 0, flag::PROG_REUSEADDR),
+                _ => {
+                    fdtable::set_prog_range(fd, ino, v);
+                    (0, 0)
+                }
+            };
+            fdtable::update(fd, ino, set, clear);
+        } else {
+            fdtable::record_opt(fd, ino, options::bit(level, name), level, name);
+        }
+    }
+    errno::set(e0);
+    r
+}
+
+pub unsafe fn getsockopt(
+    fd: c_int,
+    level: c_int,
+    name: c_int,
+    val: *mut c_void,
+    len: *mut socklen_t,
+) -> c_int {
+    let r = real::getsockopt(fd, level, name, val, len);
+    if r != 0 || val.is_null() || len.is_null() || !options::managed(level, name) || !fdtable::occupied(fd) {
+        return r;
+    }
+    let e0 = errno::get();
+    if let Some(ino) = fdtable::ino(fd) {
+        let f = fdtable::flags(fd, ino);
+        let own = match (level, name) {
+            (libc::IPPROTO_IP, libc::IP_BIND_ADDRESS_NO_PORT) if f & flag::SHIM_NO_PORT != 0 => {
+                Some(u32::from(f & flag::PROG_NO_PORT != 0))
+            }
+            (libc::IPPROTO_IP, IP_LOCAL_PORT_RANGE) if f & flag::SHIM_RANGE != 0 => {
+                Some(fdtable::prog_range(fd, ino))
+            }
+            (libc::SOL_SOCKET, libc::SO_REUSEADDR) if f & flag::SHIM_REUSEADDR != 0 => {
+                Some(u32::from(f & flag::PROG_REUSEADDR != 0))
+            }
+            _ => None,
+        };
+        if let Some(v) = own {
+            let n = (*len as usize).min(4);
+            std::ptr::copy_nonoverlapping(v.to_ne_bytes().as_ptr(), val as *mut u8, n);
+        }
+    }
+    errno::set(e0);
+    r
+}

@@ -1,0 +1,539 @@
+//! Outgoing flows: connect(), and the sends that start a flow (TCP Fast Open; the first send of
+//! an unconnected UDP socket). One look at the socket, `scope::decide`, then a strategy.
+//!
+//! Nothing here makes the program's own call: [`connect`] and [`send`] answer a [`Next`] and the
+//! hook makes the call from its own frame (a cancellation point: no destructor or `catch_unwind`
+//! may be alive across it), then hands the outcome to [`after`].
+
+use super::bind::materialize;
+use super::Sock;
+use crate::fdtable::{self, flag};
+use crate::scope::{self, Call, Decision, Leave, Proto};
+use crate::stats::{self, C};
+use crate::strategy::kernel::{KStep, Kernel};
+use crate::strategy::{cookie::Cookie, exclusive, retry, Cursor, Placed, Step, Target};
+use crate::sys::addr;
+use crate::{mode, Active, Mode, Tcp};
+use libc::{c_int, sockaddr, socklen_t};
+use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
+
+/// What the hook does next. Plain data on the hook's stack (a `Box` would allocate and have a
+/// destructor alive across the program's call), hence the large variant.
+#[derive(Clone, Copy)]
+#[allow(clippy::large_enum_variant)]
+pub enum Next {
+    /// Make the program's call untouched (errno as at entry).
+    Pass,
+    /// Return `ret`; errno `errno`, or as at entry when `ret >= 0` or `errno == 0`.
+    Return { ret: isize, errno: c_int },
+    /// Make the program's call, then hand its outcome to [`after`].
+    Call(Plan),
+}
+
+/// A placement waiting for the outcome of the program's call (plain data).
+#[derive(Clone, Copy)]
+pub struct Plan {
+    fd: c_int,
+    dst: SocketAddr,
+    how: Strat,
+}
+
+#[derive(Clone, Copy)]
+enum Strat {
+    Kernel(Kernel),
+    /// `fallback`: the kernel strategy found every slice full; the explicit-bind search goes on
+    /// with the same socket.
+    Retry {
+        p: retry::Place<'static>,
+        fallback: bool,
+    },
+    Cookie(Cookie<'static>),
+    /// The first send of an unconnected UDP socket, on a port it owns: the send's own outcome
+    /// (EMSGSIZE...) is the program's business and does not undo the placement.
+    Owned {
+        slice: crate::config::Slice,
+        local: SocketAddr,
+    },
+    /// connect(AF_UNSPEC) on a socket the shim knows.
+    Disconnect,
+}
+
+fn warn_once(flag: &AtomicBool, msg: impl FnOnce() -> String) {
+    if !flag.swap(true, Relaxed) {
+        log::warn!("{}", msg());
+    }
+}
+
+fn fail(e: c_int) -> Next {
+    Next::Return { ret: -1, errno: e }
+}
+
+/// connect(): placed when in scope. `nested`: this thread was already inside the shim (a signal
+/// handler interrupted it): a flow that needs placing is refused rather than left unplaced.
+///
+/// # Safety
+/// `sa` is null or points to `len` readable bytes.
+pub unsafe fn connect(fd: c_int, sa: *const sockaddr, len: socklen_t, nested: bool) -> Next {
+    match addr::parse(sa, len) {
+        Some(dst) => outgoing(fd, dst, Call::Connect, nested),
+        None if !nested
+            && addr::family_of(sa, len) == Some(libc::AF_UNSPEC)
+            && matches!(mode(), Some(Mode::Active(_)))
+            && fdtable::occupied(fd) =>
+        {
+            Next::Call(Plan { fd, dst: SocketAddr::new(IpAddr::from([0u8; 4]), 0), how: Strat::Disconnect })
+        }
+        None => Next::Pass,
+    }
+}
+
+/// A send with destination `dst` (sendto/sendmsg/sendmmsg): with MSG_FASTOPEN a TCP send is a
+/// connect; the first unconnected send of a UDP socket places it.
+pub fn send(fd: c_int, dst: Option<SocketAddr>, fastopen: bool, nested: bool) -> Next {
+    match (mode(), dst) {
+        (Some(Mode::Active(_) | Mode::Deny), Some(dst)) => {
+            if fastopen {
+                return outgoing(fd, dst, Call::Connect, nested);
+            }
+            let settled = fdtable::occupied(fd)
+                && fdtable::ino(fd)
+                    .is_some_and(|ino| fdtable::flags(fd, ino) & (flag::PLACED | flag::SETTLED) != 0);
+            if settled {
+                Next::Pass
+            } else {
+                outgoing(fd, dst, Call::FirstSend, nested)
+            }
+        }
+        (Some(Mode::Active(_)), None) if !nested => {
+            let _ = super::bind::materialize_if_deferred(fd);
+            Next::Pass
+        }
+        _ => Next::Pass,
+    }
+}
+
+/// A placement would start while the thread is already inside the shim (a signal handler):
+/// refused, never left unplaced.
+fn refuse_nested(exhausted: c_int) -> Next {
+    stats::bump(C::reentered_refused);
+    fail(exhausted)
+}
+
+fn outgoing(fd: c_int, dst: SocketAddr, call: Call, nested: bool) -> Next {
+    let active = match mode() {
+        Some(Mode::Active(a)) => a,
+        Some(Mode::Deny) => {
+            return match Sock::of(fd) {
+                Some(s) if call == Call::Connect || s.local.port() == 0 => {
+                    stats::bump(C::denied);
+                    fail(libc::EPERM)
+                }
+                _ => Next::Pass,
+            }
+        }
+        _ => return Next::Pass,
+    };
+    let Some(sock) = Sock::of(fd) else {
+        stats::bump(C::passed_through);
+        if call == Call::FirstSend {
+            // Not ours (raw, ICMP, SCTP...): later sends need not ask again.
+            if let Some(ino) = fdtable::ino(fd) {
+                fdtable::update(fd, ino, flag::SETTLED, 0);
+            }
+        }
+        return Next::Pass;
+    };
+    let Some(ino) = fdtable::ino(fd) else { return Next::Pass };
+    let flags = fdtable::flags(fd, ino);
+    let exhausted = if sock.proto == Proto::Udp { libc::EAGAIN } else { libc::EADDRNOTAVAIL };
+    let flow = |v6, pinned| Flow { active, fd, ino, family: sock.family, local: sock.local, v6, pinned, dst };
+    if flags & flag::PLACED != 0 {
+        // A UDP socket may connect again, to another peer, without disconnecting first. On a
+        // shared port that new 4-tuple was never checked: it is placed afresh, on a fresh socket.
+        // (An owned port is nobody else's; a TCP socket connects once.)
+        let recheck = call == Call::Connect
+            && sock.proto == Proto::Udp
+            && flags & flag::SHARED_PORT != 0
+            && addr::peer(fd).is_none_or(|p| addr::canonical(p) != addr::canonical(dst));
+        if !recheck {
+            return Next::Pass;
+        }
+        if nested {
+            return refuse_nested(exhausted);
+        }
+        let v6 = crate::config::canonical(dst.ip()).is_ipv6();
+        return place_udp(flow(v6, None), call);
+    }
+    if call == Call::FirstSend && sock.proto == Proto::Tcp {
+        // sendto() with an address on a TCP socket: the address is ignored (no Fast Open flag).
+        fdtable::update(fd, ino, flag::SETTLED, 0);
+        return Next::Pass;
+    }
+    let not_programs = flags & (flag::SHIM_BOUND | flag::WILDCARD_PORT) != 0;
+    let deferred = flags & flag::DEFERRED_BIND != 0;
+    match scope::decide(&active.cfg, sock.local, not_programs, dst, call) {
+        // A UDP connect to port 0 or to 0.0.0.0 would bind the socket outside the slice (its later
+        // sends would leave from there): it gets a port of its own first, as a first send would.
+        Decision::Leave(Leave::BadDestination) if sock.proto == Proto::Udp && sock.local.port() == 0 => {
+            match scope::decide(&active.cfg, sock.local, not_programs, dst, Call::FirstSend) {
+                Decision::Place { .. } if nested => refuse_nested(exhausted),
+                Decision::Place { v6, pinned } => place_udp(flow(v6, pinned), Call::FirstSend),
+                Decision::Leave(why) => {
+                    leave(why, sock.local, dst, nested);
+                    if deferred {
+                        let _ = materialize(fd, ino, sock.family);
+                    }
+                    Next::Pass
+                }
+            }
+        }
+        Decision::Leave(why) => {
+            leave(why, sock.local, dst, nested);
+            if call == Call::FirstSend {
+                fdtable::update(fd, ino, flag::SETTLED, 0);
+            }
+            if deferred {
+                let _ = materialize(fd, ino, sock.family);
+            }
+            Next::Pass
+        }
+        Decision::Place { .. } if nested => refuse_nested(exhausted),
+        Decision::Place { v6, pinned } => match sock.proto {
+            Proto::Tcp => place_tcp(flow(v6, pinned)),
+            Proto::Udp => place_udp(flow(v6, pinned), call),
+        },
+    }
+}
+
+fn leave(why: Leave, local: SocketAddr, dst: SocketAddr, nested: bool) {
+    match why {
+        Leave::Skipped => stats::bump(C::skipped_dest),
+        Leave::BadDestination => stats::bump(C::passed_through),
+        Leave::NoSliceFamily => {
+            stats::bump(C::no_slice_family);
+            if !nested {
+                log::info!("no slice of the family of {dst}: flow left alone");
+            }
+        }
+        Leave::BoundByProgram => {
+            stats::bump(C::bound_by_program);
+            static ONCE: AtomicBool = AtomicBool::new(false);
+            if !nested {
+                warn_once(&ONCE, || {
+                    format!(
+                        "the program bound a socket to {local} itself; its flows (to {dst} and others) \
+                         are left alone (warned once per process)"
+                    )
+                });
+            }
+        }
+    }
+}
+
+/// One flow to place: the program's socket, where it goes, and where it may leave from.
+#[derive(Clone, Copy)]
+struct Flow {
+    active: &'static Active,
+    fd: c_int,
+    ino: u64,
+    family: c_int,
+    local: SocketAddr,
+    /// The destination's family (v4-mapped counts as IPv4): which slices apply.
+    v6: bool,
+    /// The slice IP the program bound the socket to, if any.
+    pinned: Option<IpAddr>,
+    dst: SocketAddr,
+}
+
+impl Flow {
+    fn cursor(&self) -> Cursor {
+        Cursor::new(self.v6, self.pinned, self.active.rotate.fetch_add(1, Relaxed))
+    }
+}
+
+fn retry(active: &'static Active) -> retry::Retry<'static> {
+    retry::Retry { reserved: &active.reserved, precheck: active.precheck, tw_reusable: active.tw_reusable }
+}
+
+fn place_tcp(f: Flow) -> Next {
+    // The program's own socket can take the placement unless it already holds a port (a
+    // deferred wildcard bind carried out for getsockname, or an earlier attempt of ours).
+    let own_usable = f.local.port() == 0;
+    fdtable::update(f.fd, f.ino, flag::SHIM_REUSEADDR | flag::SHIM_NO_PORT | flag::SHIM_RANGE, 0);
+    let target = match Target::new(f.fd, f.ino, f.family, own_usable) {
+        Ok(t) => t,
+        Err(p) => return conclude(f.fd, f.dst, Kind::Tcp(f.active.tcp), p),
+    };
+    let how = match f.active.tcp {
+        Tcp::Kernel => {
+            // The IP the socket is already bound to with port 0: the program's pin, or our bind.
+            let bound = f.pinned.or_else(|| {
+                let ip = crate::config::canonical(f.local.ip());
+                (!ip.is_unspecified()).then_some(ip)
+            });
+            Strat::Kernel(Kernel::new(target, f.cursor(), bound))
+        }
+        _ => Strat::Retry { p: retry(f.active).start(target, f.cursor(), f.dst), fallback: false },
+    };
+    prepare(Plan { fd: f.fd, dst: f.dst, how })
+}
+
+/// UDP: a connect is placed with the cookie check (the port is shared across peers, never a
+/// 4-tuple); a first unconnected send gets a port of its own (it may talk to anyone from it).
+fn place_udp(f: Flow, call: Call) -> Next {
+    let own_usable = f.local.port() == 0;
+    fdtable::update(f.fd, f.ino, flag::SHIM_REUSEADDR, 0);
+    let mut target = match Target::new(f.fd, f.ino, f.family, own_usable) {
+        Ok(t) => t,
+        Err(p) => return conclude(f.fd, f.dst, Kind::Udp, p),
+    };
+    match call {
+        Call::Connect if crate::sys::diag::available() => {
+            let c = Cookie::new(target, f.cursor(), f.dst, &f.active.reserved);
+            prepare(Plan { fd: f.fd, dst: f.dst, how: Strat::Cookie(c) })
+        }
+        // Without sock_diag (a hardened service) a connect gets a port of its own, as a first
+        // send does: an exclusive bind is race-free without a look-up, but not shared.
+        Call::Connect | Call::FirstSend => {
+            let rotate = f.active.rotate.fetch_add(1, Relaxed);
+            let candidates = scope::candidates(&f.active.cfg, f.v6, f.pinned, rotate);
+            let p = match exclusive::bind_free(target.cur, f.family, candidates, &f.active.reserved) {
+                Ok((slice, local)) => match target.install() {
+                    Ok(()) => {
+                        target.settle();
+                        let how = Strat::Owned { slice, local };
+                        return Next::Call(Plan { fd: f.fd, dst: f.dst, how });
+                    }
+                    Err(p) => p,
+                },
+                Err(libc::EADDRINUSE) => Placed::Exhausted,
+                Err(libc::EADDRNOTAVAIL) => Placed::NotLocal(crate::config::canonical(f.dst.ip())),
+                Err(e) => Placed::Setup(e),
+            };
+            target.done(p);
+            conclude(f.fd, f.dst, Kind::Udp, p)
+        }
+    }
+}
+
+fn prepare(mut plan: Plan) -> Next {
+    let cfg = &active().cfg;
+    let step = match &mut plan.how {
+        Strat::Kernel(k) => {
+            let ks = k.prepare(cfg);
+            kernel_step(&mut plan, ks)
+        }
+        Strat::Retry { p, .. } => p.prepare(cfg),
+        Strat::Cookie(c) => c.prepare(cfg),
+        Strat::Owned { .. } | Strat::Disconnect => Step::Attempt,
+    };
+    resume(plan, step)
+}
+
+/// A kernel-strategy step; when the kernel found every slice full, the same socket goes on to
+/// the explicit-bind search (it may still find a young TIME_WAIT, a port an explicit bind holds).
+fn kernel_step(plan: &mut Plan, ks: KStep) -> Step {
+    match ks {
+        KStep::Step(s) => s,
+        KStep::Fallback => {
+            let Strat::Kernel(k) = plan.how else { unreachable!("a kernel step") };
+            let mut p = retry(active()).start(k.target, k.first, plan.dst);
+            let s = p.prepare(&active().cfg);
+            plan.how = Strat::Retry { p, fallback: true };
+            s
+        }
+    }
+}
+
+fn active() -> &'static Active {
+    match mode() {
+        Some(Mode::Active(a)) => a,
+        _ => unreachable!("a placement runs only when the shim is active"),
+    }
+}
+
+fn resume(plan: Plan, step: Step) -> Next {
+    match step {
+        Step::Attempt => Next::Call(plan),
+        Step::Done(p) => conclude(plan.fd, plan.dst, plan.how.kind(), p),
+    }
+}
+
+/// The program's call returned `ret` (errno `errno` when it failed) in a placement.
+pub fn after(mut plan: Plan, ret: isize, errno: c_int) -> Next {
+    let cfg = &active().cfg;
+    let step = match &mut plan.how {
+        Strat::Kernel(k) => match k.after(cfg, ret, errno) {
+            KStep::Step(Step::Done(Placed::Outside { slice, local })) => {
+                stats::bump(C::outside_slice);
+                log::warn!(
+                    "tcp fd {} to {}: the kernel chose {local}, outside slice {slice} (has \
+                     net.ipv4.ip_local_port_range changed?); connection aborted, placing it again \
+                     with the retry strategy",
+                    plan.fd,
+                    plan.dst
+                );
+                let fd = plan.fd;
+                let ino = fdtable::ino(fd).unwrap_or(0);
+                let cursor = Cursor::new(
+                    crate::config::canonical(plan.dst.ip()).is_ipv6(),
+                    None,
+                    active().rotate.fetch_add(1, Relaxed),
+                );
+                let family = k.target.family;
+                return match Target::new(fd, ino, family, false) {
+                    Ok(t) => prepare(Plan {
+                        fd,
+                        dst: plan.dst,
+                        how: Strat::Retry { p: retry(active()).start(t, cursor, plan.dst), fallback: false },
+                    }),
+                    Err(p) => conclude(fd, plan.dst, Kind::Tcp(Tcp::Retry), p),
+                };
+            }
+            ks => kernel_step(&mut plan, ks),
+        },
+        Strat::Retry { p, .. } => p.after(cfg, ret, errno),
+        Strat::Cookie(c) => c.after(ret, errno),
+        Strat::Owned { slice, local } => Step::Done(Placed::Ok {
+            ret,
+            errno: if ret < 0 { errno } else { 0 },
+            slice: *slice,
+            local: *local,
+        }),
+        Strat::Disconnect => {
+            if ret == 0 {
+                disconnected(plan.fd);
+            }
+            return Next::Return { ret, errno };
+        }
+    };
+    resume(plan, step)
+}
+
+/// What a placement was, for its bookkeeping.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    Tcp(Tcp),
+    /// The kernel strategy's explicit-bind fallback.
+    KernelFallback,
+    /// A cookie-checked connect: the port is shared with other peers' sockets.
+    UdpShared,
+    Udp,
+}
+
+impl Strat {
+    fn kind(&self) -> Kind {
+        match self {
+            Strat::Kernel(_) => Kind::Tcp(Tcp::Kernel),
+            Strat::Retry { fallback: true, .. } => Kind::KernelFallback,
+            Strat::Retry { .. } | Strat::Disconnect => Kind::Tcp(Tcp::Retry),
+            Strat::Cookie(_) => Kind::UdpShared,
+            Strat::Owned { .. } => Kind::Udp,
+        }
+    }
+}
+
+/// Turn a placement's outcome into the call's return value and errno, with bookkeeping.
+fn conclude(fd: c_int, dst: SocketAddr, kind: Kind, r: Placed) -> Next {
+    let (counter, exhausted) = match kind {
+        Kind::Tcp(Tcp::Kernel) | Kind::KernelFallback => (C::placed_tcp_kernel, libc::EADDRNOTAVAIL),
+        Kind::Tcp(_) => (C::placed_tcp_retry, libc::EADDRNOTAVAIL),
+        Kind::UdpShared | Kind::Udp => (C::placed_udp, libc::EAGAIN),
+    };
+    // The fd may hold a fresh socket now: record against whatever it holds.
+    let ino = fdtable::ino(fd).unwrap_or(0);
+    let tried = flag::SHIM_BOUND;
+    match r {
+        Placed::Ok { ret, errno: e, slice, local } => {
+            let shared = if kind == Kind::UdpShared { flag::SHARED_PORT } else { 0 };
+            fdtable::update(fd, ino, flag::PLACED | tried | shared, flag::DEFERRED_BIND);
+            stats::bump(counter);
+            if kind == Kind::KernelFallback {
+                stats::bump(C::kernel_fallbacks);
+            }
+            log::debug!("fd {fd} to {dst}: placed at {local} (slice {slice}, {counter:?})");
+            Next::Return { ret, errno: e }
+        }
+        Placed::Failed { ret, errno: e } => {
+            fdtable::update(fd, ino, tried, flag::DEFERRED_BIND);
+            log::debug!("fd {fd} to {dst}: {}", std::io::Error::from_raw_os_error(e));
+            Next::Return { ret, errno: e }
+        }
+        Placed::Exhausted => {
+            fdtable::update(fd, ino, tried, flag::DEFERRED_BIND);
+            let proto = if matches!(kind, Kind::Udp | Kind::UdpShared) { "udp" } else { "tcp" };
+            crate::strategy::refusal::refused(proto, dst, exhausted);
+            fail(exhausted)
+        }
+        Placed::NotLocal(ip) => {
+            static ONCE: AtomicBool = AtomicBool::new(false);
+            warn_once(&ONCE, || {
+                format!("slice IP {ip} is not assigned to this host: its slices cannot be used")
+            });
+            fail(libc::EADDRNOTAVAIL)
+        }
+        Placed::Outside { slice, local } => {
+            stats::bump(C::outside_slice);
+            log::error!(
+                "fd {fd} to {dst}: the kernel chose {local}, outside slice {slice}; connection aborted \
+                 (EADDRNOTAVAIL)"
+            );
+            fail(libc::EADDRNOTAVAIL)
+        }
+        Placed::Setup(e) => {
+            log::error!(
+                "fd {fd} to {dst}: cannot prepare the socket: {} (EADDRNOTAVAIL)",
+                std::io::Error::from_raw_os_error(e)
+            );
+            fail(libc::EADDRNOTAVAIL)
+        }
+        Placed::Swap(crate::sys::swap::SwapError::Option(level, name)) => {
+            log::error!(
+                "fd {fd} to {dst}: a fresh socket is needed to place this flow, and the program set \
+                 {} on its socket, which cannot be carried over (EADDRNOTAVAIL)",
+                crate::sys::options::describe(level, name)
+            );
+            fail(libc::EADDRNOTAVAIL)
+        }
+        Placed::Swap(crate::sys::swap::SwapError::Sys(e)) => {
+            log::error!(
+                "fd {fd} to {dst}: cannot create a fresh socket: {} (EADDRNOTAVAIL)",
+                std::io::Error::from_raw_os_error(e)
+            );
+            fail(libc::EADDRNOTAVAIL)
+        }
+    }
+}
+
+/// connect(AF_UNSPEC) succeeded. A UDP socket the shim placed keeps its (shared) slice port
+/// after a disconnect; left bound, its next connect would skip the check and could duplicate a
+/// 4-tuple. It gets a fresh unbound socket instead, and its next connect or send is placed afresh.
+fn disconnected(fd: c_int) {
+    let Some(ino) = fdtable::ino(fd) else { return };
+    let flags = fdtable::flags(fd, ino);
+    if flags & flag::PLACED == 0
+        || addr::get_int(fd, libc::SOL_SOCKET, libc::SO_PROTOCOL) != Some(libc::IPPROTO_UDP)
+    {
+        return;
+    }
+    let family = addr::local(fd).map(|(f, _)| f).unwrap_or(libc::AF_INET);
+    match crate::sys::swap::fresh_like(fd, family, ino) {
+        Ok(new) => {
+            if crate::sys::swap::install(new, fd, ino).is_ok() {
+                let ino = fdtable::ino(fd).unwrap_or(0);
+                fdtable::update(
+                    fd,
+                    ino,
+                    0,
+                    flag::PLACED | flag::SETTLED | flag::SHIM_BOUND | flag::SHARED_PORT,
+                );
+                stats::bump(C::swaps);
+            } else {
+                // SAFETY: our fresh socket.
+                unsafe { crate::real::close(new) };
+            }
+        }
+        Err(e) => log::warn!("fd {fd}: disconnected UDP socket keeps its slice port ({e:?})"),
+    }
+}
