@@ -1296,30 +1296,6 @@ pub fn assert_golden(name: &str, actual: &str) {
     }
 }
 
-#[cfg(test)]
-mod harness_tests {
-    use super::*;
-    use std::os::unix::fs::PermissionsExt;
-
-    /// The shared port-allocation file is usable by any user (root and non-root runs share it).
-    #[test]
-    fn alloc_file_is_shared_by_every_user() {
-        let _ = slice_ports(1);
-        let mode = std::fs::metadata(ALLOC_FILE).expect("allocator file").permissions().mode();
-        assert_eq!(mode & 0o666, 0o666, "{ALLOC_FILE} has mode {mode:o}");
-        // A fresh one is created 0666 whatever the umask.
-        let dir = TempDir::new("alloc");
-        let p = dir.path().join("ports");
-        // SAFETY: umask only changes this process's file-creation mask; restored below.
-        let old = unsafe { libc::umask(0o077) };
-        let f = open_alloc_file(&p);
-        // SAFETY: as above.
-        unsafe { libc::umask(old) };
-        f.expect("create");
-        assert_eq!(std::fs::metadata(&p).unwrap().permissions().mode() & 0o777, 0o666);
-    }
-}
-
 // ---------------------------------------------------------------------------------------------
 // C test programs
 // ---------------------------------------------------------------------------------------------
@@ -1351,4 +1327,28 @@ pub fn compile_c(name: &str, source: &str) -> Option<PathBuf> {
     assert!(out.status.success(), "gcc {name}.c failed:\n{}", String::from_utf8_lossy(&out.stderr));
     built.push((name.to_string(), exe.clone()));
     Some(exe)
+}
+
+#[cfg(test)]
+mod harness_tests {
+    use super::*;
+    use std::os::unix::fs::PermissionsExt;
+
+    /// The shared port-allocation file is usable by any user (root and non-root runs share it).
+    #[test]
+    fn alloc_file_is_shared_by_every_user() {
+        let _ = slice_ports(1);
+        let mode = std::fs::metadata(ALLOC_FILE).expect("allocator file").permissions().mode();
+        assert_eq!(mode & 0o666, 0o666, "{ALLOC_FILE} has mode {mode:o}");
+        // A fresh one is created 0666 whatever the umask.
+        let dir = TempDir::new("alloc");
+        let p = dir.path().join("ports");
+        // SAFETY: umask only changes this process's file-creation mask; restored below.
+        let old = unsafe { libc::umask(0o077) };
+        let f = open_alloc_file(&p);
+        // SAFETY: as above.
+        unsafe { libc::umask(old) };
+        f.expect("create");
+        assert_eq!(std::fs::metadata(&p).unwrap().permissions().mode() & 0o777, 0o666);
+    }
 }
