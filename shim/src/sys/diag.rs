@@ -6,25 +6,33 @@
 //! remote; **for UDP `src` = remote and `dst` = local**. IPv4 flows — also those of v4-mapped
 //! AF_INET6 sockets — are asked as AF_INET.
 //!
-//! The netlink socket is opened for one look-up and closed after it (issue 8, item 7): no
-//! descriptor shared between threads or across fork, no lock, nothing to re-open per process or
-//! per network namespace (it is created in the calling thread's namespace). Whatever the program
-//! does to fd numbers meanwhile (dup2 over it, close_range), the shim
-//! - checks the number still holds its socket (device, inode) immediately before sending and
-//!   before closing, and gives the look-up up otherwise;
+//! Netlink sockets are never shared by two users at once (issue 8, item 7): a look-up takes an
+//! idle one from a small lock-free pool (or opens one), and puts it back when done. Two threads,
+//! or a signal handler and the code it interrupted, always use different sockets, so no lock
+//! is needed; a fork child never uses its parent's (they carry the parent's pid), and a socket
+//! is created in the calling thread's network namespace. Whatever the program does to fd
+//! numbers (dup2 over one, close_range), the shim
+//! - checks the number still holds its socket (device, inode) when it takes it, before dropping
+//!   a read reply and before closing, and never uses (or closes) a number that changed;
 //! - never blocks on it: the kernel answers a sock_diag request inside the `sendto` call, so the
 //!   reply is read with MSG_DONTWAIT (nothing there = an error, not a wait);
-//! - never consumes a byte from it: the reply is read with MSG_PEEK (the socket and its queue
-//!   are discarded by the close), and accepted only from the kernel's netlink address — a
-//!   program's socket never yields one.
+//! - reads the reply with MSG_PEEK and accepts it only from the kernel's netlink address (a
+//!   program's socket never yields one), then drops it from the queue of its own socket;
+//! - uses raw syscalls (no cancellation point, no hook) for sendto, recvmsg and close.
+//! What remains is the few hundred nanoseconds between a check and the syscall after it.
 //!
 //! Without AF_NETLINK (a hardened service, a seccomp filter) `available()` turns false for the
 //! process and a one-time warning says what that costs (`portrange::sockdiag::COST`).
 
+#![deny(unsafe_op_in_unsafe_fn)]
+
 use crate::real;
 use libc::c_int;
 use std::net::{IpAddr, SocketAddr};
-use std::sync::atomic::{AtomicI32, AtomicU32, Ordering::Relaxed};
+use std::sync::atomic::{
+    AtomicI32, AtomicU32, AtomicU64,
+    Ordering::{Acquire, Relaxed, Release},
+};
 
 const SOCK_DIAG_BY_FAMILY: u16 = 20;
 const INET_DIAG_NOCOOKIE: u32 = !0;
@@ -122,13 +130,59 @@ fn identity(fd: c_int) -> Option<(u64, u64)> {
     (unsafe { libc::fstat(fd, &mut st) } == 0).then_some((st.st_dev, st.st_ino))
 }
 
-/// A NETLINK_SOCK_DIAG socket for one look-up, closed on drop if the number is still ours.
+/// A raw `close`: not a cancellation point (glibc's `close` is), never through a hook.
+fn close_raw(fd: c_int) {
+    // SAFETY: closes a descriptor the caller checked to be our own socket.
+    unsafe { libc::syscall(libc::SYS_close, fd) };
+}
+
+/// Idle netlink sockets, ready for the next look-up: each slot holds `pid << 32 | (fd + 1)`
+/// (0 = empty), with the socket's identity beside it. A look-up takes one out with a
+/// compare-exchange (so no two threads, and no signal handler and the code it interrupted, ever use one
+/// socket at the same time), checks it, and puts it back when done. No lock; a fork child sees
+/// its parent's pid on inherited entries and never uses them.
+const POOL: usize = 8;
+/// A slot being filled (its identity words are being written): left alone by takers.
+const FILLING: u64 = u64::MAX;
+static SLOTS: [AtomicU64; POOL] = [const { AtomicU64::new(0) }; POOL];
+static DEVS: [AtomicU64; POOL] = [const { AtomicU64::new(0) }; POOL];
+static INOS: [AtomicU64; POOL] = [const { AtomicU64::new(0) }; POOL];
+
+fn pid() -> i32 {
+    // SAFETY: getpid has no preconditions.
+    unsafe { libc::getpid() }
+}
+
+/// A NETLINK_SOCK_DIAG socket for one look-up, taken from the pool (or opened), and given back
+/// on drop if the look-up went well (closed otherwise, if the number is still ours).
 struct Netlink {
     fd: c_int,
     id: (u64, u64),
+    ok: bool,
 }
 
 impl Netlink {
+    fn get() -> Result<Netlink, DiagError> {
+        let me = pid();
+        for i in 0..POOL {
+            let v = SLOTS[i].load(Relaxed);
+            if v == 0 || v == FILLING || SLOTS[i].compare_exchange(v, 0, Acquire, Relaxed).is_err() {
+                continue;
+            }
+            let (owner, fd) = ((v >> 32) as i32, (v as u32 as c_int) - 1);
+            let id = (DEVS[i].load(Relaxed), INOS[i].load(Relaxed));
+            if identity(fd) != Some(id) {
+                continue; // the program closed or reused the number: it is not ours any more
+            }
+            if owner != me {
+                close_raw(fd); // the parent's socket, inherited through fork: this copy goes
+                continue;
+            }
+            return Ok(Netlink { fd, id, ok: false });
+        }
+        Netlink::open()
+    }
+
     fn open() -> Result<Netlink, DiagError> {
         if !available() {
             return Err(DiagError(UNAVAILABLE.load(Relaxed)));
@@ -149,7 +203,7 @@ impl Netlink {
             return Err(DiagError(e));
         }
         match identity(fd) {
-            Some(id) => Ok(Netlink { fd, id }),
+            Some(id) => Ok(Netlink { fd, id, ok: false }),
             None => Err(DiagError(libc::EBADF)), // already taken from us: nothing of ours to close
         }
     }
@@ -166,9 +220,20 @@ impl Netlink {
 
 impl Drop for Netlink {
     fn drop(&mut self) {
+        if self.ok {
+            let v = (pid() as u32 as u64) << 32 | (self.fd as u32 as u64 + 1);
+            for i in 0..POOL {
+                // Claim the empty slot first, so that its identity words are ours to write.
+                if SLOTS[i].compare_exchange(0, FILLING, Relaxed, Relaxed).is_ok() {
+                    DEVS[i].store(self.id.0, Relaxed);
+                    INOS[i].store(self.id.1, Relaxed);
+                    SLOTS[i].store(v, Release);
+                    return;
+                }
+            }
+        }
         if let Ok(fd) = self.ours() {
-            // SAFETY: the number still refers to our own socket.
-            unsafe { real::close(fd) };
+            close_raw(fd);
         }
     }
 }
@@ -193,7 +258,20 @@ fn lookup(
     ifindex: u32,
 ) -> Result<Option<Found>, DiagError> {
     let _ = subject; // the look-up runs in the calling thread's network namespace
-    let nl = Netlink::open()?;
+    let mut nl = Netlink::get()?;
+    let r = ask(&nl, protocol, src, dst, ifindex);
+    nl.ok = r.is_ok();
+    r
+}
+
+/// Send the request on `nl` and read its answer.
+fn ask(
+    nl: &Netlink,
+    protocol: u8,
+    src: SocketAddr,
+    dst: SocketAddr,
+    ifindex: u32,
+) -> Result<Option<Found>, DiagError> {
     let family = if crate::config::canonical(dst.ip()).is_ipv4() { libc::AF_INET } else { libc::AF_INET6 };
     let seq = SEQ.fetch_add(1, Relaxed);
     let req = Request {
@@ -225,13 +303,15 @@ fn lookup(
     kernel.nl_family = libc::AF_NETLINK as u16;
     let fd = nl.ours()?;
     // SAFETY: req and kernel are valid for their sizes; fd was checked to be our socket.
+    // A raw syscall: not a cancellation point (glibc's sendto is), never through a hook.
     let n = unsafe {
-        real::sendto(
+        libc::syscall(
+            libc::SYS_sendto,
             fd,
-            (&req as *const Request).cast(),
+            (&req as *const Request).cast::<libc::c_void>(),
             std::mem::size_of::<Request>(),
             libc::MSG_DONTWAIT,
-            (&kernel as *const libc::sockaddr_nl).cast(),
+            (&kernel as *const libc::sockaddr_nl).cast::<libc::sockaddr>(),
             std::mem::size_of::<libc::sockaddr_nl>() as libc::socklen_t,
         )
     };
@@ -240,6 +320,23 @@ fn lookup(
     }
     let mut buf = [0u64; 128]; // 1 KiB, aligned
     let n = peek(fd, &mut buf)?;
+    {
+        // The socket serves the next look-up too: drop this reply from its queue (checked to be
+        // ours just before; MSG_TRUNC with no buffer reads nothing into memory).
+        let fd = nl.ours()?;
+        // SAFETY: a raw recvfrom with no buffer and no address on our own socket.
+        unsafe {
+            libc::syscall(
+                libc::SYS_recvfrom,
+                fd,
+                std::ptr::null_mut::<libc::c_void>(),
+                0usize,
+                libc::MSG_DONTWAIT | libc::MSG_TRUNC,
+                std::ptr::null_mut::<libc::sockaddr>(),
+                std::ptr::null_mut::<libc::socklen_t>(),
+            )
+        };
+    }
     parse_reply(&buf, n, seq)
 }
 
@@ -258,7 +355,15 @@ fn peek(fd: c_int, buf: &mut [u64; 128]) -> Result<usize, DiagError> {
     let n = loop {
         // The reply is queued before sendto returns: never wait for it.
         // SAFETY: msg points at valid buffers for its whole use.
-        let n = unsafe { libc::recvmsg(fd, &mut msg, libc::MSG_PEEK | libc::MSG_DONTWAIT) };
+        // A raw syscall: not a cancellation point (glibc's recvmsg is).
+        let n = unsafe {
+            libc::syscall(
+                libc::SYS_recvmsg,
+                fd,
+                &mut msg as *mut libc::msghdr,
+                libc::MSG_PEEK | libc::MSG_DONTWAIT,
+            )
+        };
         if n < 0 && crate::errno::get() == libc::EINTR {
             continue;
         }
@@ -386,6 +491,7 @@ mod tests {
 
     /// Two SO_REUSEADDR UDP sockets on one port, the second connected: the lookup returns it.
     fn socket2_reuse(_at: SocketAddr) -> Option<()> {
+        // SAFETY: test sockets created and closed here; valid sockaddrs from addr::to_raw.
         unsafe {
             let mk = || {
                 let fd = libc::socket(libc::AF_INET, libc::SOCK_DGRAM, 0);
@@ -454,5 +560,33 @@ mod tests {
         assert_eq!(peek(a.as_raw_fd(), &mut buf), Err(DiagError(libc::EPROTO)));
         let mut got = [0u8; 4];
         assert_eq!(a.recv(&mut got).unwrap(), 2, "the datagram is still there");
+    }
+
+    #[test]
+    fn idle_sockets_are_reused_and_never_used_once_their_number_changes() {
+        let s = UdpSocket::bind("127.0.0.1:0").unwrap();
+        let (fd, local) = (s.as_raw_fd(), s.local_addr().unwrap());
+        let peer: SocketAddr = "127.0.0.1:9".parse().unwrap();
+        assert!(udp(fd, local, peer, 0).unwrap().is_some());
+        // Two taken at once (two threads, or a signal handler): two sockets.
+        let a = Netlink::get().unwrap();
+        let b = Netlink::get().unwrap();
+        assert_ne!(a.fd, b.fd);
+        let (a_fd, a_id) = (a.fd, a.id);
+        let mut a = a;
+        a.ok = true;
+        drop(a); // back in the pool
+        drop(b); // not ok: closed
+                 // The program dup2()s its own socket over the idle one's number: never used again.
+                 // SAFETY: a_fd is the pooled socket's number; the test plays the program.
+        unsafe { libc::dup2(fd, a_fd) };
+        for _ in 0..POOL {
+            let n = Netlink::get().unwrap();
+            assert_ne!(n.id, a_id);
+            assert_ne!(identity(n.fd), identity(fd));
+        }
+        // SAFETY: our duplicate of the test's socket.
+        unsafe { libc::close(a_fd) };
+        assert!(udp(fd, local, peer, 0).unwrap().is_some());
     }
 }

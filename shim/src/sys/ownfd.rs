@@ -5,6 +5,8 @@
 //! checks that the number still refers to that; if not, the descriptor is given up — its number
 //! may now be one of the program's files or sockets, and must never receive the shim's bytes.
 
+#![deny(unsafe_op_in_unsafe_fn)]
+
 use crate::real;
 use libc::c_int;
 use std::sync::atomic::{AtomicI32, AtomicU64, Ordering::Relaxed};
@@ -86,13 +88,17 @@ mod tests {
         let fd = own.get().expect("valid");
         assert!(fd >= 3);
         // FD_CLOEXEC is set.
+        // SAFETY: F_GETFD on our own descriptor.
         assert_ne!(unsafe { libc::fcntl(fd, libc::F_GETFD) } & libc::FD_CLOEXEC, 0);
         // The program closes our number and reuses it for something else.
+        // SAFETY: the test plays the program: it closes our number...
         unsafe { libc::close(fd) };
         let f = std::fs::File::open("/proc/self/stat").unwrap();
         use std::os::fd::AsRawFd;
+        // SAFETY: ...and reuses it for its own file (dup2 onto a number it just freed).
         unsafe { libc::dup2(f.as_raw_fd(), fd) };
         assert_eq!(own.get(), None, "a reused number must not be used");
+        // SAFETY: the test's own file.
         unsafe { libc::close(fd) };
     }
 }

@@ -6,6 +6,8 @@
 //! fd silently disappears. So a fresh socket gets the program's O_NONBLOCK and options *before*
 //! it connects, and after dup3 the program's epoll registration is made again.
 
+#![deny(unsafe_op_in_unsafe_fn)]
+
 use crate::fdtable;
 use crate::real;
 use crate::sys::{addr, options};
@@ -97,6 +99,7 @@ mod tests {
 
     #[test]
     fn swap_keeps_what_the_program_sees() {
+        // SAFETY: sockets and epoll fds created and closed by this test.
         unsafe {
             let fd =
                 libc::socket(libc::AF_INET, libc::SOCK_STREAM | libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC, 0);
@@ -137,6 +140,7 @@ mod tests {
 
     #[test]
     fn an_unknown_option_refuses_the_swap() {
+        // SAFETY: a socket created and closed by this test.
         unsafe {
             let fd = libc::socket(libc::AF_INET, libc::SOCK_STREAM, 0);
             let ino = fdtable::ino(fd).unwrap();
