@@ -19,6 +19,7 @@
 //! - reads the reply with MSG_PEEK and accepts it only from the kernel's netlink address (a
 //!   program's socket never yields one), then drops it from the queue of its own socket;
 //! - uses raw syscalls (no cancellation point, no hook) for sendto, recvmsg and close.
+//!
 //! What remains is the few hundred nanoseconds between a check and the syscall after it.
 //!
 //! Without AF_NETLINK (a hardened service, a seccomp filter) `available()` turns false for the
