@@ -142,7 +142,9 @@ fn close_raw(fd: c_int) {
 /// compare-exchange (so no two threads, and no signal handler and the code it interrupted, ever use one
 /// socket at the same time), checks it, and puts it back when done. No lock; a fork child sees
 /// its parent's pid on inherited entries and never uses them.
-const POOL: usize = 8;
+/// One slot: a process keeps at most one idle netlink socket (as many descriptors as before
+/// the pool, whatever its threads did); a look-up that finds it taken opens one of its own.
+const POOL: usize = 1;
 /// A slot being filled (its identity words are being written): left alone by takers.
 const FILLING: u64 = u64::MAX;
 static SLOTS: [AtomicU64; POOL] = [const { AtomicU64::new(0) }; POOL];
