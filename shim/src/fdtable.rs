@@ -7,7 +7,8 @@
 //!
 //! Storage: a fixed top-level array of chunk pointers (static, 8 KiB) and chunks of 1024 entries
 //! mapped with `mmap` the first time an fd in that chunk is written — so fds up to 2^20 are
-//! covered without a heap allocation, and close/dup touch only atomics.
+//! covered without a heap allocation, and close/dup touch only atomics (plus one `mmap` the
+//! first time an fd in a new chunk is recorded; no lock, no malloc).
 
 use libc::c_int;
 use std::sync::atomic::{AtomicI32, AtomicPtr, AtomicU32, AtomicU64, Ordering::Relaxed};

@@ -145,13 +145,27 @@ fn ensure_init() {
 }
 
 fn run_init() {
+    // From a hook's fast path the thread may not be inside the shim yet: the initialisation's
+    // own libc calls (std's file reads and closes) must pass straight through, and no
+    // cancellation point may act inside it (no Rust frame is unwound by a cancellation).
+    let _inside = guard::enter();
+    let mut cancel: libc::c_int = 0;
+    // SAFETY: plain libc call writing the previous state into `cancel`.
+    unsafe { pthread_setcancelstate(PTHREAD_CANCEL_DISABLE, &mut cancel) };
     // Every real symbol first: no hook resolves one later (a signal handler must not dlsym).
     real::resolve_all();
     // SAFETY: getpid has no preconditions.
     PID.store(unsafe { libc::getpid() }, Relaxed);
     let mode = std::panic::catch_unwind(build_mode).unwrap_or(Mode::Inactive);
     MODE.store(Box::into_raw(Box::new(mode)), Release);
+    // SAFETY: as above; restoring the program's state does not act on a pending request.
+    unsafe { pthread_setcancelstate(cancel, &mut cancel) };
 }
+
+extern "C" {
+    fn pthread_setcancelstate(state: libc::c_int, old: *mut libc::c_int) -> libc::c_int;
+}
+const PTHREAD_CANCEL_DISABLE: libc::c_int = 1;
 
 fn env(k: &str) -> Option<String> {
     // Non-UTF-8 values are kept (lossily) so that they are reported as invalid, not ignored.
