@@ -89,8 +89,13 @@ impl Tcp {
 }
 
 /// One TCP strategy for the whole process (SPEC): `auto` takes `kernel` only where the kernel has
-/// the option, every slice lies inside the sysctl range, and tcp_tw_reuse is 1 (otherwise a
-/// TIME_WAIT 4-tuple stays unusable for 60 s); else `retry`. `kernel` that cannot be honoured
+/// the option, every slice lies inside the sysctl range, and tcp_tw_reuse is 1 (otherwise the
+/// kernel's own choice never reuses a TIME_WAIT 4-tuple, and client-closed flows would all go
+/// through the kernel strategy's explicit-bind fallback); else `retry`. Either never refuses a
+/// flow an explicit bind could place (issue 13); `kernel` is cheaper while the slice's ports are
+/// not churning (the kernel finds a free port in one call; measured 33-37 µs CPU per connect
+/// against 115-121 µs for retry with 460 of 512 ports held), the same under churn (the fallback
+/// is the retry search). `kernel` that cannot be honoured
 /// is a configuration error. Returns the choice and the reason for it.
 pub fn choose_tcp(cfg: &Config, facts: &KernelFacts) -> Result<(Tcp, String), String> {
     let obstacle = facts.kernel_obstacle(cfg);
@@ -101,14 +106,17 @@ pub fn choose_tcp(cfg: &Config, facts: &KernelFacts) -> Result<(Tcp, String), St
             Err(format!("PORTRANGE_STRATEGY=kernel cannot be honoured: {why}"))
         }
         (StrategyChoice::Auto, Some(why)) => Ok((Tcp::Retry, format!("auto: {why}"))),
-        (StrategyChoice::Auto, None) if facts.tw_reuse == Some(1) => {
-            Ok((Tcp::Kernel, "auto: the kernel can honour every slice and tcp_tw_reuse=1".into()))
-        }
+        (StrategyChoice::Auto, None) if facts.tw_reuse == Some(1) => Ok((
+            Tcp::Kernel,
+            "auto: the kernel can honour every slice and tcp_tw_reuse=1 (TIME_WAITs younger than 1 s, \
+                 which the kernel skips, are placed by an explicit bind)"
+                .into(),
+        )),
         (StrategyChoice::Auto, None) => Ok((
             Tcp::Retry,
             format!(
-                "auto: net.ipv4.tcp_tw_reuse={} (not 1): under the kernel strategy a TIME_WAIT 4-tuple \
-                 would stay unusable for 60 s",
+                "auto: net.ipv4.tcp_tw_reuse={} (not 1): the kernel's own port choice would never reuse \
+                 a TIME_WAIT 4-tuple (60 s)",
                 facts.tw_reuse.map(|v| v.to_string()).unwrap_or_else(|| "?".into())
             ),
         )),

@@ -204,8 +204,8 @@ fn build_mode() -> Mode {
             ::log::debug!("tcp strategy {}: {why}", tcp.name());
             if tcp == Tcp::Kernel && sys::sysctl::tcp_tw_reuse() != Some(1) {
                 ::log::info!(
-                    "kernel strategy with net.ipv4.tcp_tw_reuse != 1: a 4-tuple in TIME_WAIT stays \
-                     unusable for 60 s (loopback: 1 s)"
+                    "kernel strategy with net.ipv4.tcp_tw_reuse != 1: the kernel never reuses a 4-tuple \
+                     in TIME_WAIT (loopback: after 1 s); those flows are placed by an explicit bind"
                 );
             }
             ::log::debug!(

@@ -12,6 +12,13 @@
 //! connect leaves it re-bindable) is placed by the retry search: the kernel strategy never fails
 //! where an explicit bind would succeed. Its sockets carry SO_REUSEADDR=1, so their TIME_WAITs
 //! do not lock a port against later explicit binds for 60 s.
+//!
+//! A kernel attempt that finds the slice full costs a scan of every port of it in the kernel
+//! (measured under client-closed churn, 512-port slice: 58 µs CPU per connect against 36 µs for
+//! the retry search alone), and under churn the next attempt would find it full again (young
+//! TIME_WAITs; and the ports the fallback bound explicitly are hidden from the kernel's choice
+//! until their TIME_WAITs end). So for [`HOLD_MS`] after the kernel reported a slice full, this
+//! process's connects go straight to the explicit-bind search.
 
 use super::{started, Cursor, Placed, Step, Target};
 use crate::config::{Config, Slice};
@@ -19,6 +26,12 @@ use crate::sys::addr;
 use crate::sys::sysctl::{range_value, IP_LOCAL_PORT_RANGE};
 use libc::c_int;
 use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+
+/// How long the kernel's own choice is skipped after it found a slice full.
+pub const HOLD_MS: u64 = 1000;
+/// Until when (CLOCK_MONOTONIC ms) it is skipped in this process.
+static SKIP_UNTIL: AtomicU64 = AtomicU64::new(0);
 
 /// A kernel-strategy placement in progress (plain data, resumable; see `strategy`).
 #[derive(Clone, Copy, Debug)]
@@ -57,6 +70,10 @@ impl Kernel {
     /// Ready the socket for the next slice.
     pub fn prepare(&mut self, cfg: &Config) -> KStep {
         let t = &mut self.target;
+        if self.slice.is_none() && !self.full && super::wait::now_ms() < SKIP_UNTIL.load(Relaxed) {
+            // The kernel found a slice full less than HOLD_MS ago: straight to the fallback.
+            return KStep::Fallback;
+        }
         if self.slice.is_none() {
             for (opt, level) in
                 [(libc::IP_BIND_ADDRESS_NO_PORT, libc::IPPROTO_IP), (libc::SO_REUSEADDR, libc::SOL_SOCKET)]
@@ -89,6 +106,7 @@ impl Kernel {
             return KStep::Step(Step::Attempt);
         }
         if self.full {
+            SKIP_UNTIL.store(super::wait::now_ms() + HOLD_MS, Relaxed);
             return KStep::Fallback;
         }
         KStep::Step(t.done(Placed::none_free(self.not_local)))

@@ -69,11 +69,21 @@ fn due(dst: SocketAddr, now: u64) -> Option<u64> {
 /// A flow of `proto` towards `dst` was refused with `errno` (EADDRNOTAVAIL, EAGAIN): every
 /// slice is full for that destination.
 pub fn refused(proto: &str, dst: SocketAddr, errno: libc::c_int) {
+    // What the search that refused this flow saw (taken whether or not a line is due).
+    let closing = super::retry::LAST_CLOSING.try_with(|c| c.replace(0)).unwrap_or(0);
     if let Some(quiet) = due(dst, now_ms()) {
         let since =
             if quiet > 0 { format!(" ({quiet} more refused since the last line)") } else { String::new() };
+        let closing = match closing {
+            0 => String::new(),
+            n => format!(
+                " ({n} of its 4-tuples were closing: a non-blocking connect does not wait, a blocking \
+                 one waits up to {} ms)",
+                super::wait::BOUND_MS
+            ),
+        };
         log::warn!(
-            "{proto} to {dst}: every slice is full for this destination; the program got {}{since} \
+            "{proto} to {dst}: every slice is full for this destination{closing}; the program got {}{since} \
              (at most one line per destination per {} s)",
             match errno {
                 libc::EADDRNOTAVAIL => "EADDRNOTAVAIL",

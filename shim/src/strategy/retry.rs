@@ -23,6 +23,12 @@ use crate::sys::sysctl::Reserved;
 use libc::c_int;
 use std::net::{IpAddr, SocketAddr};
 
+thread_local! {
+    /// How many 4-tuples in closing states the last exhausted search of this thread saw (for
+    /// the exhaustion warning). Const-initialised, no destructor.
+    pub static LAST_CLOSING: std::cell::Cell<u32> = const { std::cell::Cell::new(0) };
+}
+
 #[derive(Clone, Copy)]
 pub struct Retry<'r> {
     pub reserved: &'r Reserved,
@@ -85,6 +91,7 @@ impl Place<'_> {
                     None => {
                         // A pass over every slice found nothing free.
                         if self.closing == 0 || !self.wait.again() {
+                            let _ = LAST_CLOSING.try_with(|c| c.set(self.closing));
                             stats::add(C::exhausted, self.full);
                             return self.target.done(Placed::none_free(self.not_local));
                         }
