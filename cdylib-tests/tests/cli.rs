@@ -492,11 +492,11 @@ fn nosuid(dir: &std::path::Path) -> bool {
     unsafe { libc::statvfs(c.as_ptr(), &mut st) == 0 && st.f_flag & libc::ST_NOSUID != 0 }
 }
 
-/// Build `programs/connect.c` (`static` or not) into `dir`; `None` (skipped, or failed under CI)
+/// Build `c/connect.c` (`static` or not) into `dir`; `None` (skipped, or failed under CI)
 /// when the toolchain cannot.
 fn build_c(dir: &std::path::Path, name: &str, static_: bool) -> Option<std::path::PathBuf> {
     let src = dir.join("connect.c");
-    std::fs::write(&src, include_str!("../programs/connect.c")).unwrap();
+    std::fs::write(&src, include_str!("../c/connect.c")).unwrap();
     let out = dir.join(name);
     let mut cmd = std::process::Command::new("cc");
     if static_ {
@@ -526,7 +526,7 @@ fn exec_warns_before_running_programs_the_shim_cannot_reach() {
     let dir = TempDir::new("unreachable");
     let Some(dynamic) = build_c(dir.path(), "connect-dynamic", false) else { return };
     let Some(static_) = build_c(dir.path(), "connect-static", true) else { return };
-    std::fs::write(dir.path().join("connect.go"), include_str!("../programs/connect.go")).unwrap();
+    std::fs::write(dir.path().join("connect.go"), include_str!("../go/connect.go")).unwrap();
     let go = dir.path().join("connect-go");
     let gocache = std::env::temp_dir().join("portrange-test-gocache");
     let r = std::process::Command::new("go")
@@ -768,7 +768,7 @@ fn status_counts_a_known_set_of_held_flows() {
         "--".into(),
         py,
         "-c".into(),
-        include_str!("../programs/hold.py").into(),
+        include_str!("../py/hold.py").into(),
         format!("{}:3:0", a.port()),
         format!("{}:2:1", b.port()),
         format!("{}:0:2", c.port()),
