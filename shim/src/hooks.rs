@@ -83,12 +83,14 @@ unsafe fn drive(first: Option<Next>, on_panic: c_int, e0: c_int, call: impl Fn()
 #[no_mangle]
 pub unsafe extern "C-unwind" fn connect(fd: c_int, addr: *const sockaddr, len: socklen_t) -> c_int {
     if !engaged() {
-        return real::connect(fd, addr, len);
+        // SAFETY: the program's own arguments, passed on unchanged to the real function.
+        return unsafe { real::connect(fd, addr, len) };
     }
     let e0 = errno::get();
     // SAFETY: addr/len come from the program, as connect() requires.
     let first = inside(|nested| unsafe { outgoing::connect(fd, addr, len, nested) });
-    drive(first, libc::EADDRNOTAVAIL, e0, || real::connect(fd, addr, len) as isize) as c_int
+    // SAFETY: the program's own arguments, passed on unchanged to the real function.
+    (unsafe { drive(first, libc::EADDRNOTAVAIL, e0, || real::connect(fd, addr, len) as isize) }) as c_int
 }
 
 /// TCP Fast Open (MSG_FASTOPEN) starts a flow; an unconnected UDP send starts one too.
@@ -102,7 +104,8 @@ pub unsafe extern "C-unwind" fn sendto(
     len: socklen_t,
 ) -> ssize_t {
     if !engaged() || addr.is_null() {
-        return real::sendto(fd, buf, n, flags, addr, len);
+        // SAFETY: the program's own arguments, passed on unchanged to the real function.
+        return unsafe { real::sendto(fd, buf, n, flags, addr, len) };
     }
     let e0 = errno::get();
     let first = inside(|nested| {
@@ -110,13 +113,15 @@ pub unsafe extern "C-unwind" fn sendto(
         let dst = unsafe { crate::sys::addr::parse(addr, len) };
         outgoing::send(fd, dst, flags & libc::MSG_FASTOPEN != 0, nested)
     });
-    drive(first, libc::EAGAIN, e0, || real::sendto(fd, buf, n, flags, addr, len))
+    // SAFETY: the program's own arguments, passed on unchanged to the real function.
+    unsafe { drive(first, libc::EAGAIN, e0, || real::sendto(fd, buf, n, flags, addr, len)) }
 }
 
 #[no_mangle]
 pub unsafe extern "C-unwind" fn sendmsg(fd: c_int, msg: *const libc::msghdr, flags: c_int) -> ssize_t {
     if !engaged() {
-        return real::sendmsg(fd, msg, flags);
+        // SAFETY: the program's own arguments, passed on unchanged to the real function.
+        return unsafe { real::sendmsg(fd, msg, flags) };
     }
     let e0 = errno::get();
     let first = inside(|nested| {
@@ -125,7 +130,8 @@ pub unsafe extern "C-unwind" fn sendmsg(fd: c_int, msg: *const libc::msghdr, fla
             unsafe { msg.as_ref().and_then(|m| crate::sys::addr::parse(m.msg_name.cast(), m.msg_namelen)) };
         outgoing::send(fd, dst, flags & libc::MSG_FASTOPEN != 0, nested)
     });
-    drive(first, libc::EAGAIN, e0, || real::sendmsg(fd, msg, flags))
+    // SAFETY: the program's own arguments, passed on unchanged to the real function.
+    unsafe { drive(first, libc::EAGAIN, e0, || real::sendmsg(fd, msg, flags)) }
 }
 
 #[no_mangle]
@@ -136,7 +142,8 @@ pub unsafe extern "C-unwind" fn sendmmsg(
     flags: c_int,
 ) -> c_int {
     if !engaged() {
-        return real::sendmmsg(fd, msgs, n, flags);
+        // SAFETY: the program's own arguments, passed on unchanged to the real function.
+        return unsafe { real::sendmmsg(fd, msgs, n, flags) };
     }
     let e0 = errno::get();
     let first = inside(|nested| {
@@ -151,7 +158,8 @@ pub unsafe extern "C-unwind" fn sendmmsg(
         };
         outgoing::send(fd, dst, false, nested)
     });
-    drive(first, libc::EAGAIN, e0, || real::sendmmsg(fd, msgs, n, flags) as isize) as c_int
+    // SAFETY: the program's own arguments, passed on unchanged to the real function.
+    (unsafe { drive(first, libc::EAGAIN, e0, || real::sendmmsg(fd, msgs, n, flags) as isize) }) as c_int
 }
 
 /// Forget the descriptor, then close it from this frame (close is a cancellation point).
@@ -166,7 +174,8 @@ pub unsafe extern "C-unwind" fn close(fd: c_int) -> c_int {
         });
         errno::set(e0);
     }
-    real::close(fd)
+    // SAFETY: the program's own arguments, passed on unchanged to the real function.
+    unsafe { real::close(fd) }
 }
 
 /// fcntl is variadic; its third argument is always passed in an integer register on the ABIs
@@ -174,14 +183,16 @@ pub unsafe extern "C-unwind" fn close(fd: c_int) -> c_int {
 /// made from this frame (F_SETLKW is a cancellation point); F_DUPFD* is bookkept after.
 #[no_mangle]
 pub unsafe extern "C-unwind" fn fcntl(fd: c_int, cmd: c_int, arg: c_ulong) -> c_int {
-    let r = real::fcntl(fd, cmd, arg);
+    // SAFETY: the program's own arguments, passed on unchanged to the real function.
+    let r = unsafe { real::fcntl(fd, cmd, arg) };
     fcntl_done(fd, cmd, r)
 }
 
 /// nginx and node import `fcntl64@GLIBC_2.28`.
 #[no_mangle]
 pub unsafe extern "C-unwind" fn fcntl64(fd: c_int, cmd: c_int, arg: c_ulong) -> c_int {
-    let r = real::fcntl64(fd, cmd, arg);
+    // SAFETY: the program's own arguments, passed on unchanged to the real function.
+    let r = unsafe { real::fcntl64(fd, cmd, arg) };
     fcntl_done(fd, cmd, r)
 }
 
@@ -206,7 +217,8 @@ macro_rules! hook {
         #[no_mangle]
         pub unsafe extern "C-unwind" fn $name($($arg: $ty),*) -> $ret {
             if !engaged() {
-                return real::$name($($arg),*);
+                // SAFETY: the program's own arguments, passed on unchanged to the real function.
+                return unsafe { real::$name($($arg),*) };
             }
             // SAFETY: the program's arguments, passed on as the real function takes them.
             match inside(|nested| if nested { unsafe { real::$name($($arg),*) } } else { unsafe { $body } }) {
@@ -255,5 +267,6 @@ pub unsafe extern "C-unwind" fn closefrom(low: c_int) {
             }
         });
     }
-    real::closefrom(low)
+    // SAFETY: the program's own arguments, passed on unchanged to the real function.
+    unsafe { real::closefrom(low) }
 }

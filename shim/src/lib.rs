@@ -4,6 +4,8 @@
 //! `hooks` → `calls::*` (→ `scope::decide`) → `strategy::*` → `sys::*`; the hook makes the
 //! program's own call from its frame.
 
+#![deny(unsafe_op_in_unsafe_fn)]
+
 pub use portrange_lib::{choice, config, scope};
 
 #[cfg_attr(test, allow(dead_code))]

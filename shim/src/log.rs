@@ -12,8 +12,6 @@
 //! level is the default, `MODULE=LEVEL` applies to that module path and below, the longest
 //! matching module wins. Parsed once at initialisation into a fixed table.
 
-#![deny(unsafe_op_in_unsafe_fn)]
-
 use crate::sys::ownfd::OwnFd;
 use log::{LevelFilter, Log, Metadata, Record};
 use std::fmt::Write as _;

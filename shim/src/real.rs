@@ -5,8 +5,6 @@
 //! spot; a race resolves twice, harmlessly. The shim's own calls use these directly, so they
 //! never pass through its hooks; the re-entry guard covers whatever still does (std's `close`).
 
-#![deny(unsafe_op_in_unsafe_fn)]
-
 use libc::{c_int, c_uint, c_ulong, c_void, sockaddr, socklen_t, ssize_t};
 use std::sync::atomic::{AtomicPtr, Ordering};
 

@@ -84,8 +84,10 @@ pub fn materialize_if_deferred(fd: c_int) -> Result<(), c_int> {
 }
 
 pub unsafe fn bind(fd: c_int, sa: *const sockaddr, len: socklen_t) -> c_int {
-    let (Some(Mode::Active(active)), Some(req)) = (mode(), addr::parse(sa, len)) else {
-        return real::bind(fd, sa, len);
+    // SAFETY: the program's own arguments (valid as the libc call requires), passed on unchanged.
+    let (Some(Mode::Active(active)), Some(req)) = (mode(), unsafe { addr::parse(sa, len) }) else {
+        // SAFETY: the program's own arguments (valid as the libc call requires), passed on unchanged.
+        return unsafe { real::bind(fd, sa, len) };
     };
     if fdtable::occupied(fd) {
         // A socket whose bind the shim deferred is bound, as far as the program knows.
@@ -96,12 +98,14 @@ pub unsafe fn bind(fd: c_int, sa: *const sockaddr, len: socklen_t) -> c_int {
         errno::set(e0);
     }
     if req.port() != 0 {
-        return real::bind(fd, sa, len);
+        // SAFETY: the program's own arguments (valid as the libc call requires), passed on unchanged.
+        return unsafe { real::bind(fd, sa, len) };
     }
     let e0 = errno::get();
     let (Some(sock), Some(ino)) = (Sock::of(fd), fdtable::ino(fd)) else {
         errno::set(e0);
-        return real::bind(fd, sa, len);
+        // SAFETY: the program's own arguments (valid as the libc call requires), passed on unchanged.
+        return unsafe { real::bind(fd, sa, len) };
     };
     let flags = fdtable::flags(fd, ino);
     let ip = crate::config::canonical(req.ip());
@@ -113,7 +117,8 @@ pub unsafe fn bind(fd: c_int, sa: *const sockaddr, len: socklen_t) -> c_int {
         }
         if !sock.local.ip().is_unspecified() {
             errno::set(e0);
-            return real::bind(fd, sa, len);
+            // SAFETY: the program's own arguments (valid as the libc call requires), passed on unchanged.
+            return unsafe { real::bind(fd, sa, len) };
         }
         fdtable::update(fd, ino, flag::DEFERRED_BIND, 0);
         log::trace!("bind fd {fd} to {req}: deferred until connect/send/listen/getsockname");
@@ -122,13 +127,15 @@ pub unsafe fn bind(fd: c_int, sa: *const sockaddr, len: socklen_t) -> c_int {
     }
     if !active.cfg.slices.iter().any(|s| s.ip == ip) {
         errno::set(e0);
-        return real::bind(fd, sa, len);
+        // SAFETY: the program's own arguments (valid as the libc call requires), passed on unchanged.
+        return unsafe { real::bind(fd, sa, len) };
     }
     // bind(SLICE_IP, 0). With IP_BIND_ADDRESS_NO_PORT (nginx proxy_bind, HAProxy source) the
     // port is placed at connect, shared across destinations: only the IP is bound now.
     if addr::get_int(fd, libc::IPPROTO_IP, libc::IP_BIND_ADDRESS_NO_PORT) == Some(1) {
         errno::set(e0);
-        return real::bind(fd, sa, len);
+        // SAFETY: the program's own arguments (valid as the libc call requires), passed on unchanged.
+        return unsafe { real::bind(fd, sa, len) };
     }
     if sock.proto == Proto::Tcp {
         // Without NO_PORT the kernel would give the socket a port of its own now, whose
@@ -139,7 +146,8 @@ pub unsafe fn bind(fd: c_int, sa: *const sockaddr, len: socklen_t) -> c_int {
         if let Err(e) = addr::set_u32(fd, libc::IPPROTO_IP, libc::IP_BIND_ADDRESS_NO_PORT, 1) {
             return fail(e) as c_int;
         }
-        let r = real::bind(fd, sa, len);
+        // SAFETY: the program's own arguments (valid as the libc call requires), passed on unchanged.
+        let r = unsafe { real::bind(fd, sa, len) };
         if r != 0 {
             let e = errno::get();
             let _ = addr::set_u32(fd, libc::IPPROTO_IP, libc::IP_BIND_ADDRESS_NO_PORT, 0);
@@ -168,10 +176,12 @@ pub unsafe fn listen(fd: c_int, backlog: c_int) -> c_int {
         // The kernel would pick a port outside the slice: refuse, as for a full port range.
         return fail(e) as c_int;
     }
-    real::listen(fd, backlog)
+    // SAFETY: the program's own arguments (valid as the libc call requires), passed on unchanged.
+    unsafe { real::listen(fd, backlog) }
 }
 
 pub unsafe fn getsockname(fd: c_int, sa: *mut sockaddr, len: *mut socklen_t) -> c_int {
     let _ = materialize_if_deferred(fd);
-    real::getsockname(fd, sa, len)
+    // SAFETY: the program's own arguments (valid as the libc call requires), passed on unchanged.
+    unsafe { real::getsockname(fd, sa, len) }
 }

@@ -24,19 +24,22 @@ fn duped(old: c_int, new: c_int) {
 }
 
 pub unsafe fn dup(fd: c_int) -> c_int {
-    let r = real::dup(fd);
+    // SAFETY: the program's own arguments (valid as the libc call requires); `ev` was checked non-null.
+    let r = unsafe { real::dup(fd) };
     duped(fd, r);
     r
 }
 
 pub unsafe fn dup2(old: c_int, new: c_int) -> c_int {
-    let r = real::dup2(old, new);
+    // SAFETY: the program's own arguments (valid as the libc call requires); `ev` was checked non-null.
+    let r = unsafe { real::dup2(old, new) };
     duped(old, r);
     r
 }
 
 pub unsafe fn dup3(old: c_int, new: c_int, flags: c_int) -> c_int {
-    let r = real::dup3(old, new, flags);
+    // SAFETY: the program's own arguments (valid as the libc call requires); `ev` was checked non-null.
+    let r = unsafe { real::dup3(old, new, flags) };
     duped(old, r);
     r
 }
@@ -52,7 +55,8 @@ pub unsafe fn close_range(first: libc::c_uint, last: libc::c_uint, flags: c_int)
     if flags & libc::CLOSE_RANGE_CLOEXEC as c_int == 0 && !crate::in_shared_child() {
         fdtable::clear_range(first.min(c_int::MAX as u32) as c_int, last.min(c_int::MAX as u32) as c_int);
     }
-    real::close_range(first, last, flags)
+    // SAFETY: the program's own arguments (valid as the libc call requires); `ev` was checked non-null.
+    unsafe { real::close_range(first, last, flags) }
 }
 
 /// Before the program's closefrom(low).
@@ -64,11 +68,13 @@ pub fn forget_from(low: c_int) {
 
 /// Remember the program's epoll registration of `fd`, so that a swap can make it again.
 pub unsafe fn epoll_ctl(epfd: c_int, op: c_int, fd: c_int, ev: *mut libc::epoll_event) -> c_int {
-    let r = real::epoll_ctl(epfd, op, fd, ev);
+    // SAFETY: the program's own arguments (valid as the libc call requires); `ev` was checked non-null.
+    let r = unsafe { real::epoll_ctl(epfd, op, fd, ev) };
     if r == 0 && matches!(mode(), Some(Mode::Active(_))) {
         match op {
             libc::EPOLL_CTL_ADD | libc::EPOLL_CTL_MOD if !ev.is_null() => {
-                let e = std::ptr::read_unaligned(ev);
+                // SAFETY: the program's own arguments (valid as the libc call requires); `ev` was checked non-null.
+                let e = unsafe { std::ptr::read_unaligned(ev) };
                 fdtable::epoll_record(fd, epfd, Some((e.events, e.u64)));
             }
             libc::EPOLL_CTL_DEL => fdtable::epoll_record(fd, epfd, None),

@@ -11,22 +11,26 @@ use libc::{c_int, c_void, socklen_t};
 unsafe fn read_int(val: *const c_void, len: socklen_t) -> u32 {
     match len {
         0 => 0,
-        1..=3 => u32::from(*(val as *const u8)),
-        _ => std::ptr::read_unaligned(val as *const u32),
+        // SAFETY: the program's own option buffer, valid for `len` bytes as setsockopt/getsockopt require.
+        1..=3 => unsafe { u32::from(*(val as *const u8)) },
+        // SAFETY: the program's own option buffer, valid for `len` bytes as setsockopt/getsockopt require.
+        _ => unsafe { std::ptr::read_unaligned(val as *const u32) },
     }
 }
 
 /// Record what the program set: its own value of an option the shim manages (reported back by
 /// getsockopt), or which option to carry over if the socket is ever swapped.
 pub unsafe fn setsockopt(fd: c_int, level: c_int, name: c_int, val: *const c_void, len: socklen_t) -> c_int {
-    let r = real::setsockopt(fd, level, name, val, len);
+    // SAFETY: the program's own option buffer, valid for `len` bytes as setsockopt/getsockopt require.
+    let r = unsafe { real::setsockopt(fd, level, name, val, len) };
     if r != 0 || !matches!(mode(), Some(Mode::Active(_))) {
         return r;
     }
     let e0 = errno::get();
     if let Some(ino) = fdtable::ino(fd) {
         if options::managed(level, name) {
-            let v = if val.is_null() { 0 } else { read_int(val, len) };
+            // SAFETY: the program's own option buffer, valid for `len` bytes as setsockopt/getsockopt require.
+            let v = if val.is_null() { 0 } else { unsafe { read_int(val, len) } };
             let bit = |set: bool, b: u64| if set { (b, 0) } else { (0, b) };
             let (set, clear) = match (level, name) {
                 (libc::IPPROTO_IP, libc::IP_BIND_ADDRESS_NO_PORT) => bit(v != 0, flag::PROG_NO_PORT),
@@ -52,7 +56,8 @@ pub unsafe fn getsockopt(
     val: *mut c_void,
     len: *mut socklen_t,
 ) -> c_int {
-    let r = real::getsockopt(fd, level, name, val, len);
+    // SAFETY: the program's own option buffer, valid for `len` bytes as setsockopt/getsockopt require.
+    let r = unsafe { real::getsockopt(fd, level, name, val, len) };
     if r != 0 || val.is_null() || len.is_null() || !options::managed(level, name) || !fdtable::occupied(fd) {
         return r;
     }
@@ -72,8 +77,10 @@ pub unsafe fn getsockopt(
             _ => None,
         };
         if let Some(v) = own {
-            let n = (*len as usize).min(4);
-            std::ptr::copy_nonoverlapping(v.to_ne_bytes().as_ptr(), val as *mut u8, n);
+            // SAFETY: the program's own option buffer, valid for `len` bytes as setsockopt/getsockopt require.
+            let n = unsafe { (*len as usize).min(4) };
+            // SAFETY: the program's own option buffer, valid for `len` bytes as setsockopt/getsockopt require.
+            unsafe { std::ptr::copy_nonoverlapping(v.to_ne_bytes().as_ptr(), val as *mut u8, n) };
         }
     }
     errno::set(e0);

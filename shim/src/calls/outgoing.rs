@@ -75,10 +75,12 @@ fn fail(e: c_int) -> Next {
 /// # Safety
 /// `sa` is null or points to `len` readable bytes.
 pub unsafe fn connect(fd: c_int, sa: *const sockaddr, len: socklen_t, nested: bool) -> Next {
-    match addr::parse(sa, len) {
+    // SAFETY: the program's own sockaddr and length, valid as connect() requires.
+    match unsafe { addr::parse(sa, len) } {
         Some(dst) => outgoing(fd, dst, Call::Connect, nested),
         None if !nested
-            && addr::family_of(sa, len) == Some(libc::AF_UNSPEC)
+            // SAFETY: the program's own sockaddr and length, valid as connect() requires.
+            && unsafe { addr::family_of(sa, len) } == Some(libc::AF_UNSPEC)
             && matches!(mode(), Some(Mode::Active(_)))
             && fdtable::occupied(fd) =>
         {

@@ -13,16 +13,19 @@ pub unsafe fn parse(addr: *const sockaddr, len: socklen_t) -> Option<SocketAddr>
     if addr.is_null() || (len as usize) < size_of::<libc::sa_family_t>() {
         return None;
     }
-    match c_int::from((*addr).sa_family) {
+    // SAFETY: the caller passes a sockaddr valid for `len` bytes (checked >= this size above).
+    match c_int::from(unsafe { (*addr).sa_family }) {
         libc::AF_INET if len as usize >= size_of::<sockaddr_in>() => {
-            let a = std::ptr::read_unaligned(addr as *const sockaddr_in);
+            // SAFETY: the caller passes a sockaddr valid for `len` bytes (checked >= this size above).
+            let a = unsafe { std::ptr::read_unaligned(addr as *const sockaddr_in) };
             Some(SocketAddr::V4(SocketAddrV4::new(
                 Ipv4Addr::from(u32::from_be(a.sin_addr.s_addr)),
                 u16::from_be(a.sin_port),
             )))
         }
         libc::AF_INET6 if len as usize >= size_of::<sockaddr_in6>() => {
-            let a = std::ptr::read_unaligned(addr as *const sockaddr_in6);
+            // SAFETY: the caller passes a sockaddr valid for `len` bytes (checked >= this size above).
+            let a = unsafe { std::ptr::read_unaligned(addr as *const sockaddr_in6) };
             Some(SocketAddr::V6(SocketAddrV6::new(
                 Ipv6Addr::from(a.sin6_addr.s6_addr),
                 u16::from_be(a.sin6_port),
@@ -42,7 +45,8 @@ pub unsafe fn family_of(addr: *const sockaddr, len: socklen_t) -> Option<c_int> 
     if addr.is_null() || (len as usize) < size_of::<libc::sa_family_t>() {
         return None;
     }
-    Some(c_int::from((*addr).sa_family))
+    // SAFETY: the caller passes a sockaddr valid for `len` bytes (checked >= this size above).
+    Some(c_int::from(unsafe { (*addr).sa_family }))
 }
 
 /// A sockaddr ready to hand to the kernel.

@@ -25,8 +25,6 @@
 //! Without AF_NETLINK (a hardened service, a seccomp filter) `available()` turns false for the
 //! process and a one-time warning says what that costs (`portrange::sockdiag::COST`).
 
-#![deny(unsafe_op_in_unsafe_fn)]
-
 use crate::real;
 use libc::c_int;
 use std::net::{IpAddr, SocketAddr};

@@ -5,8 +5,6 @@
 //! checks that the number still refers to that; if not, the descriptor is given up — its number
 //! may now be one of the program's files or sockets, and must never receive the shim's bytes.
 
-#![deny(unsafe_op_in_unsafe_fn)]
-
 use crate::real;
 use libc::c_int;
 use std::sync::atomic::{AtomicI32, AtomicU64, Ordering::Relaxed};

@@ -6,8 +6,6 @@
 //! fd silently disappears. So a fresh socket gets the program's O_NONBLOCK and options *before*
 //! it connects, and after dup3 the program's epoll registration is made again.
 
-#![deny(unsafe_op_in_unsafe_fn)]
-
 use crate::fdtable;
 use crate::real;
 use crate::sys::{addr, options};
