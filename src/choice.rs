@@ -13,6 +13,8 @@ pub struct KernelFacts {
     pub sysctl_range: Option<(u16, u16)>,
     /// net.ipv4.tcp_tw_reuse.
     pub tw_reuse: Option<u8>,
+    /// conntrack tracks flows in this namespace (see `conntrack::active_here`).
+    pub conntrack_active: bool,
 }
 
 /// IP_LOCAL_PORT_RANGE, level IPPROTO_IP (not in the libc crate).
@@ -42,7 +44,8 @@ impl KernelFacts {
                 ok
             }
         };
-        KernelFacts { local_port_range_option, sysctl_range, tw_reuse }
+        let conntrack_active = crate::conntrack::active_here();
+        KernelFacts { local_port_range_option, sysctl_range, tw_reuse, conntrack_active }
     }
 
     /// Slices the kernel would clamp (not inside the sysctl range).
@@ -106,6 +109,12 @@ pub fn choose_tcp(cfg: &Config, facts: &KernelFacts) -> Result<(Tcp, String), St
             Err(format!("PORTRANGE_STRATEGY=kernel cannot be honoured: {why}"))
         }
         (StrategyChoice::Auto, Some(why)) => Ok((Tcp::Retry, format!("auto: {why}"))),
+        // The kernel chooses the port inside connect(): nothing can be reserved in conntrack first.
+        (StrategyChoice::Auto, None)
+            if facts.conntrack_active && cfg.conntrack != crate::config::ConntrackChoice::Off =>
+        {
+            Ok((Tcp::Retry, "auto: conntrack is active here (4-tuples are reserved before connect)".into()))
+        }
         (StrategyChoice::Auto, None) if facts.tw_reuse == Some(1) => Ok((
             Tcp::Kernel,
             "auto: the kernel can honour every slice and tcp_tw_reuse=1 (TIME_WAITs younger than 1 s, \
@@ -138,8 +147,12 @@ mod tests {
         .unwrap()
     }
 
-    const MODERN: KernelFacts =
-        KernelFacts { local_port_range_option: true, sysctl_range: Some((32768, 60999)), tw_reuse: Some(1) };
+    const MODERN: KernelFacts = KernelFacts {
+        local_port_range_option: true,
+        sysctl_range: Some((32768, 60999)),
+        tw_reuse: Some(1),
+        conntrack_active: false,
+    };
 
     #[test]
     fn auto_follows_the_spec() {
@@ -155,6 +168,14 @@ mod tests {
         assert!(why.contains("outside"), "{why}");
         // Partly outside counts as outside.
         assert_eq!(choose_tcp(&cfg("10.0.0.1:60995-61004", "auto"), &MODERN).unwrap().0, Tcp::Retry);
+        // conntrack active: retry (reservation before connect), unless PORTRANGE_CONNTRACK=off.
+        let ct = KernelFacts { conntrack_active: true, ..MODERN };
+        let (t, why) = choose_tcp(&inside, &ct).unwrap();
+        assert_eq!(t, Tcp::Retry);
+        assert!(why.contains("conntrack"), "{why}");
+        let mut off = inside.clone();
+        off.conntrack = crate::config::ConntrackChoice::Off;
+        assert_eq!(choose_tcp(&off, &ct).unwrap().0, Tcp::Kernel);
     }
 
     #[test]

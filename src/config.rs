@@ -105,6 +105,29 @@ impl fmt::Display for StrategyChoice {
     }
 }
 
+/// `PORTRANGE_CONNTRACK`: how placed flows are protected from conntrack/NAT rewriting (seed 004).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ConntrackChoice {
+    /// reserve + verify when conntrack is active here and ctnetlink is usable, else off.
+    Auto,
+    /// Reserve each 4-tuple in conntrack (IPCTNL_MSG_CT_NEW, create|excl) before the connect.
+    Reserve,
+    /// Look the would-be reply tuple up before the connect and the flow's own entry after it.
+    Verify,
+    Off,
+}
+
+impl fmt::Display for ConntrackChoice {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            ConntrackChoice::Auto => "auto",
+            ConntrackChoice::Reserve => "reserve",
+            ConntrackChoice::Verify => "verify",
+            ConntrackChoice::Off => "off",
+        })
+    }
+}
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum OnError {
     Deny,
@@ -119,6 +142,7 @@ pub struct Config {
     /// True when PORTRANGE_SKIP was unset and the default list applies.
     pub default_skip: bool,
     pub strategy: StrategyChoice,
+    pub conntrack: ConntrackChoice,
 }
 
 impl Config {
@@ -232,7 +256,12 @@ pub fn parse(get: impl Fn(&str) -> Option<String>) -> Parsed {
     let config = match get("PORTRANGE") {
         None => None,
         Some(v) if v.trim().is_empty() => None,
-        Some(v) => Some(parse_active(&v, get("PORTRANGE_SKIP"), get("PORTRANGE_STRATEGY"))),
+        Some(v) => Some(parse_active(
+            &v,
+            get("PORTRANGE_SKIP"),
+            get("PORTRANGE_STRATEGY"),
+            get("PORTRANGE_CONNTRACK"),
+        )),
     };
 
     Parsed { config, warnings, on_error, log, stats, precheck }
@@ -242,6 +271,7 @@ fn parse_active(
     portrange: &str,
     skip: Option<String>,
     strategy: Option<String>,
+    conntrack: Option<String>,
 ) -> Result<Config, Vec<ConfigError>> {
     let mut errors = Vec::new();
     let slices = parse_slices(portrange).unwrap_or_else(|why| {
@@ -268,8 +298,15 @@ fn parse_active(
             }
         },
     };
+    let conntrack = match conntrack {
+        None => ConntrackChoice::Auto,
+        Some(v) => parse_conntrack(&v).unwrap_or_else(|why| {
+            errors.push(ConfigError { var: "PORTRANGE_CONNTRACK", value: v, why });
+            ConntrackChoice::Auto
+        }),
+    };
     if errors.is_empty() {
-        Ok(Config { slices, skip, default_skip, strategy })
+        Ok(Config { slices, skip, default_skip, strategy, conntrack })
     } else {
         Err(errors)
     }
@@ -286,6 +323,16 @@ pub fn parse_strategy(v: &str) -> Result<StrategyChoice, String> {
         "kernel" => Ok(StrategyChoice::Kernel),
         "retry" => Ok(StrategyChoice::Retry),
         _ => Err("expected `auto`, `kernel` or `retry`".into()),
+    }
+}
+
+pub fn parse_conntrack(v: &str) -> Result<ConntrackChoice, String> {
+    match v.trim().to_ascii_lowercase().as_str() {
+        "" | "auto" => Ok(ConntrackChoice::Auto),
+        "reserve" => Ok(ConntrackChoice::Reserve),
+        "verify" => Ok(ConntrackChoice::Verify),
+        "off" => Ok(ConntrackChoice::Off),
+        _ => Err("expected `auto`, `reserve`, `verify` or `off`".into()),
     }
 }
 
@@ -596,6 +643,28 @@ mod tests {
         ] {
             assert_eq!(ok(&[("PORTRANGE", "1.2.3.4:1-2"), ("PORTRANGE_STRATEGY", v)]).strategy, s);
         }
+    }
+
+    #[test]
+    fn conntrack_choice() {
+        assert_eq!(ok(&[("PORTRANGE", "1.2.3.4:1-2")]).conntrack, ConntrackChoice::Auto);
+        for (v, c) in [
+            ("auto", ConntrackChoice::Auto),
+            (" Reserve ", ConntrackChoice::Reserve),
+            ("VERIFY", ConntrackChoice::Verify),
+            ("off", ConntrackChoice::Off),
+            ("", ConntrackChoice::Auto),
+        ] {
+            assert_eq!(ok(&[("PORTRANGE", "1.2.3.4:1-2"), ("PORTRANGE_CONNTRACK", v)]).conntrack, c, "{v:?}");
+            assert_eq!(parse_conntrack(&c.to_string()), Ok(c));
+        }
+        // A typo is an error like a bad strategy (PORTRANGE_ON_ERROR applies), never silently auto.
+        let e = err(&[("PORTRANGE", "1.2.3.4:1-2"), ("PORTRANGE_CONNTRACK", "reserv")]);
+        assert_eq!(e.len(), 1);
+        assert_eq!(e[0].var, "PORTRANGE_CONNTRACK");
+        assert!(e[0].why.contains("`reserve`"), "{}", e[0]);
+        // Inactive shim: not read.
+        assert_eq!(parse(env(&[("PORTRANGE_CONNTRACK", "bogus")])).config, None);
     }
 
     #[test]

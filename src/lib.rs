@@ -8,6 +8,7 @@
 
 pub mod choice;
 pub mod config;
+pub mod conntrack;
 pub mod diag;
 pub mod elf;
 pub mod plan;

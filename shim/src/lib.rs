@@ -216,6 +216,7 @@ fn build_mode() -> Mode {
                 cfg.skip.iter().map(|s| s.to_string()).collect::<Vec<_>>().join(","),
                 tcp.name()
             );
+            conntrack_plan(&cfg, tcp);
             Mode::Active(Active {
                 cfg,
                 tcp,
@@ -230,6 +231,35 @@ fn build_mode() -> Mode {
             on_error(parsed.on_error)
         }
     }
+}
+
+/// Decide, once, what the shim does about conntrack (seed 004) and say so when it cannot help.
+fn conntrack_plan(cfg: &Config, tcp: Tcp) {
+    use portrange_lib::conntrack::{self as ct, Netlink};
+    let active = ct::active_here();
+    let wanted = match cfg.conntrack {
+        config::ConntrackChoice::Off => false,
+        config::ConntrackChoice::Auto => active,
+        _ => true,
+    };
+    let netlink = if wanted { sys::conntrack::probe() } else { Netlink::Unavailable(0) };
+    let (plan, warning) = ct::plan(cfg.conntrack, active, netlink);
+    if let Some(w) = warning {
+        ::log::warn!("{w}");
+    }
+    if !plan.is_off() && tcp == Tcp::Kernel {
+        ::log::warn!(
+            "PORTRANGE_STRATEGY=kernel: the kernel picks TCP ports inside connect(), so TCP flows \
+             cannot be reserved in conntrack (only UDP flows are); use the retry strategy"
+        );
+    }
+    ::log::debug!(
+        "conntrack {}active here; PORTRANGE_CONNTRACK={}: {}",
+        if active { "" } else { "not " },
+        cfg.conntrack,
+        plan.describe()
+    );
+    sys::conntrack::init(plan);
 }
 
 fn config_error(what: &str, on_error: OnError) {

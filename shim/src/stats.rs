@@ -42,6 +42,11 @@ counters! {
     swaps,
     // a placement aborted because the kernel chose a port outside the slice
     outside_slice,
+    // conntrack (PORTRANGE_CONNTRACK): 4-tuples reserved with CT_NEW, found held by another
+    // flow (another port tried), and placed flows conntrack rewrote (aborted, placed again)
+    conntrack_reserved,
+    conntrack_held,
+    conntrack_rewrites,
     // internal errors (a panic caught at a hook boundary)
     internal_errors,
     // placements refused (EADDRNOTAVAIL/EAGAIN) because a signal handler connected or sent while

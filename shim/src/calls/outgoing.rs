@@ -396,7 +396,7 @@ pub fn after(mut plan: Plan, ret: isize, errno: c_int) -> Next {
             ks => kernel_step(&mut plan, ks),
         },
         Strat::Retry { p, .. } => p.after(cfg, ret, errno),
-        Strat::Cookie(c) => c.after(ret, errno),
+        Strat::Cookie(c) => c.after(cfg, ret, errno),
         Strat::Owned { slice, local } => Step::Done(Placed::Ok {
             ret,
             errno: if ret < 0 { errno } else { 0 },

@@ -13,7 +13,7 @@ use super::{order::Permutation, Bind, Cursor, Placed, Step, Target};
 use crate::config::{Config, Slice};
 use crate::stats::{self, C};
 use crate::sys::sysctl::Reserved;
-use crate::sys::{addr, diag};
+use crate::sys::{addr, conntrack, diag};
 use libc::c_int;
 use std::net::{IpAddr, SocketAddr};
 
@@ -35,6 +35,8 @@ pub struct Cookie<'r> {
     slice: Option<(Slice, Permutation)>,
     local: SocketAddr,
     not_local: Option<IpAddr>,
+    /// The conntrack reservation of the attempt in flight.
+    ct: conntrack::Reservation,
 }
 
 impl<'r> Cookie<'r> {
@@ -44,7 +46,8 @@ impl<'r> Cookie<'r> {
         // the port while we check): off during the check, the program's value back after.
         let reuseport = addr::get_int(target.fd, libc::SOL_SOCKET, libc::SO_REUSEPORT) == Some(1);
         let local = SocketAddr::new(dst.ip(), 0);
-        Cookie { target, slices, dst, reserved, reuseport, slice: None, local, not_local: None }
+        let ct = conntrack::Reservation::NONE;
+        Cookie { target, slices, dst, reserved, reuseport, slice: None, local, not_local: None, ct }
     }
 
     /// Bind and check candidate ports until one is free for `dst`.
@@ -105,7 +108,18 @@ impl<'r> Cookie<'r> {
                 }
                 continue;
             }
+            // A 4-tuple that a forwarded flow holds in conntrack would be NATed out of the slice.
+            match conntrack::reserve(libc::IPPROTO_UDP, local, self.dst) {
+                Ok(r) => self.ct = r,
+                Err(conntrack::Held) => {
+                    if let Err(p) = t.fresh() {
+                        return t.done(p);
+                    }
+                    continue;
+                }
+            }
             if let Err(p) = t.install() {
+                self.ct.release();
                 return t.done(p);
             }
             self.local = local;
@@ -114,9 +128,16 @@ impl<'r> Cookie<'r> {
     }
 
     /// The connect returned `ret`/`errno`: share the port again, restore SO_REUSEPORT.
-    pub fn after(&mut self, ret: isize, errno: c_int) -> Step {
+    pub fn after(&mut self, cfg: &Config, ret: isize, errno: c_int) -> Step {
         let Some((slice, _)) = self.slice else { return self.target.done(Placed::Setup(libc::EINVAL)) };
         let fd = self.target.fd;
+        if self.ct.settle(fd, ret, errno).is_err() {
+            // Conntrack rewrote it: aborted; another port, on a fresh socket.
+            if let Err(p) = self.target.fresh() {
+                return self.target.done(p);
+            }
+            return self.prepare(cfg);
+        }
         let _ = addr::set_u32(fd, libc::SOL_SOCKET, libc::SO_REUSEADDR, 1);
         if self.reuseport {
             let _ = addr::set_u32(fd, libc::SOL_SOCKET, libc::SO_REUSEPORT, 1);
@@ -150,7 +171,7 @@ mod tests {
         let c = std::cell::RefCell::new(Cookie::new(t, Cursor::new(false, None, 0), dst, &none));
         crate::strategy::drive(
             || c.borrow_mut().prepare(&cfg),
-            |r, e| c.borrow_mut().after(r, e),
+            |r, e| c.borrow_mut().after(&cfg, r, e),
             fd,
             connect_to(dst, family),
         )

@@ -272,5 +272,6 @@ pub fn test_cfg(slices: &[Slice]) -> Config {
         skip: Vec::new(),
         default_skip: false,
         strategy: crate::config::StrategyChoice::Auto,
+        conntrack: crate::config::ConntrackChoice::Auto,
     }
 }

@@ -18,6 +18,7 @@
 use super::{order::Permutation, wait, Bind, Cursor, Placed, Step, Target};
 use crate::config::{Config, Slice};
 use crate::stats::{self, C};
+use crate::sys::conntrack;
 use crate::sys::holder::{self, Holder};
 use crate::sys::sysctl::Reserved;
 use libc::c_int;
@@ -56,6 +57,8 @@ pub struct Place<'r> {
     closing: u32,
     full: u64,
     wait: wait::Wait,
+    /// The conntrack reservation of the attempt in flight.
+    ct: conntrack::Reservation,
 }
 
 impl<'r> Retry<'r> {
@@ -75,6 +78,7 @@ impl<'r> Retry<'r> {
             closing: 0,
             full: 0,
             wait: wait::Wait::new(wait::blocking(target.fd)),
+            ct: conntrack::Reservation::NONE,
         }
     }
 }
@@ -141,7 +145,18 @@ impl Place<'_> {
                 }
                 Bind::Stop(p) => return self.target.done(p),
             }
+            // A 4-tuple that a forwarded flow holds in conntrack would be NATed out of the slice.
+            match conntrack::reserve(libc::IPPROTO_TCP, local, self.dst) {
+                Ok(r) => self.ct = r,
+                Err(conntrack::Held) => {
+                    if let Err(p) = self.target.fresh() {
+                        return self.target.done(p);
+                    }
+                    continue;
+                }
+            }
             if let Err(p) = self.target.install() {
+                self.ct.release();
                 return self.target.done(p);
             }
             self.local = local;
@@ -153,6 +168,13 @@ impl Place<'_> {
     /// The attempt returned `ret`/`errno`.
     pub fn after(&mut self, cfg: &Config, ret: isize, errno: c_int) -> Step {
         let Some((slice, _)) = self.slice else { return self.target.done(Placed::Setup(libc::EINVAL)) };
+        if self.ct.settle(self.target.fd, ret, errno).is_err() {
+            // Conntrack rewrote it after all: aborted; another port, on a fresh socket.
+            if let Err(p) = self.target.fresh() {
+                return self.target.done(p);
+            }
+            return self.prepare(cfg);
+        }
         if ret < 0 && errno == libc::EADDRNOTAVAIL {
             // Lost the 4-tuple (a race, a holder the pre-check skipped or did not see, a
             // TIME_WAIT of a peer without timestamps): the socket cannot be bound again.

@@ -1,5 +1,6 @@
 //! Kernel-facing pieces, each small and tested against the real kernel.
 pub mod addr;
+pub mod conntrack;
 pub mod diag;
 pub mod holder;
 pub mod options;
