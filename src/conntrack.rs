@@ -570,3 +570,72 @@ mod tests {
         assert!(matches!(p, Netlink::Usable | Netlink::NoPermission), "{p:?}");
     }
 }
+
+// ---------------------------------------------------------------------------------------------
+// NAT rules that map into a slice IP (for `portrange check`)
+// ---------------------------------------------------------------------------------------------
+
+/// A source-NAT rule of the ruleset, as `portrange check` reports it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NatRule {
+    /// `family table chain` of the rule.
+    pub place: String,
+    /// `snat` or `masquerade`.
+    pub kind: &'static str,
+    /// The slice IP it maps to (`None` for masquerade: the outgoing interface's address).
+    pub into: Option<IpAddr>,
+}
+
+/// Source-NAT rules in `nft -j list ruleset` output that map into one of `ips` (snat to a
+/// slice IP), and every masquerade rule (it maps to whatever address the interface has).
+pub fn nat_rules(json: &str, ips: &[IpAddr]) -> Vec<NatRule> {
+    let mut out = Vec::new();
+    for chunk in json.split("{\"rule\":").skip(1) {
+        let field = |k: &str| {
+            let pat = format!("\"{k}\":");
+            let rest = chunk[chunk.find(&pat)? + pat.len()..].trim_start();
+            let rest = rest.strip_prefix('"')?;
+            Some(rest[..rest.find('"')?].to_string())
+        };
+        let place = format!(
+            "{} {} {}",
+            field("family").unwrap_or_default(),
+            field("table").unwrap_or_default(),
+            field("chain").unwrap_or_default()
+        );
+        if chunk.contains("\"masquerade\"") {
+            out.push(NatRule { place: place.clone(), kind: "masquerade", into: None });
+        }
+        if let Some(at) = chunk.find("\"snat\"") {
+            let after = &chunk[at..];
+            if let Some(ip) = ips.iter().find(|ip| {
+                let v6 = ip.to_string();
+                after.contains(&format!("\"{v6}\""))
+            }) {
+                out.push(NatRule { place, kind: "snat", into: Some(*ip) });
+            }
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod nat_tests {
+    use super::*;
+
+    #[test]
+    fn finds_snat_into_a_slice_ip_and_masquerade() {
+        // As printed by `nft -j list ruleset` (nftables 1.0.6) for the reproducer's rules.
+        let json = r#"{"nftables": [{"metainfo": {"version": "1.0.6"}}, {"table": {"family": "ip", "name": "fwdnat", "handle": 1}}, {"rule": {"family": "ip", "table": "fwdnat", "chain": "post", "handle": 2, "expr": [{"match": {"op": "==", "left": {"payload": {"protocol": "ip", "field": "saddr"}}, "right": {"prefix": {"addr": "10.99.0.0", "len": 24}}}}, {"snat": {"addr": "198.51.100.10", "port": {"range": [61000, 61009]}}}]}}, {"rule": {"family": "ip", "table": "fwdnat", "chain": "post", "handle": 3, "expr": [{"snat": {"addr": "192.0.2.7"}}]}}, {"rule": {"family": "inet", "table": "t", "chain": "c", "handle": 4, "expr": [{"masquerade": null}]}}]}"#;
+        let ips: Vec<IpAddr> = vec!["198.51.100.10".parse().unwrap()];
+        let r = nat_rules(json, &ips);
+        assert_eq!(
+            r,
+            [
+                NatRule { place: "ip fwdnat post".into(), kind: "snat", into: Some(ips[0]) },
+                NatRule { place: "inet t c".into(), kind: "masquerade", into: None },
+            ]
+        );
+        assert!(nat_rules("", &ips).is_empty());
+    }
+}

@@ -11,6 +11,7 @@ pub mod config;
 pub mod conntrack;
 pub mod diag;
 pub mod elf;
+pub mod nft;
 pub mod plan;
 pub mod scope;
 pub mod sockdiag;

@@ -21,4 +21,4 @@ print("ready", flush=True)
 while True:
     time.sleep(2)
     for s in udp:
-        s.send(b"f")
+        s.send(b"r")

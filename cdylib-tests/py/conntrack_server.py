@@ -1,7 +1,8 @@
 # The server of the conntrack tests (argv: IP PORT). Prints `tcp IP PORT` for each accepted
 # connection and `udp IP PORT` for each datagram, as the peer saw its source. A TCP client that
 # sends `c` gets `ok` and the server closes first (so the client leaves no TIME_WAIT); one that
-# sends `h` (the forwarder) is held open. Datagrams are echoed.
+# sends `h` (the forwarder) is held open. Datagrams are echoed (`r`, a forwarder's refresh, is not
+# printed).
 import socket, sys, threading
 
 ip, port = sys.argv[1], int(sys.argv[2])
@@ -46,5 +47,6 @@ threading.Thread(target=tcp, daemon=True).start()
 say("listening")
 while True:
     d, a = u.recvfrom(100)
-    say("udp %s %d" % a)
+    if d != b"r":  # the forwarder's refreshes are not new flows
+        say("udp %s %d" % a)
     u.sendto(d, a)

@@ -239,8 +239,20 @@ fn every_subcommand_has_help_and_there_is_a_version() {
 fn mask_check(text: &str) -> String {
     let mut out = String::new();
     for l in text.lines() {
-        let keys =
-            ["  IP_LOCAL_PORT_RANGE option", "  net.ipv4.ip_local_port_range", "  net.ipv4.tcp_tw_reuse"];
+        let keys = [
+            "  IP_LOCAL_PORT_RANGE option",
+            "  net.ipv4.ip_local_port_range",
+            "  net.ipv4.tcp_tw_reuse",
+            "  conntrack in this namespace",
+            "  ctnetlink",
+            "  NAT rule",
+            "  the shim will use",
+        ];
+        if l.starts_with("  conntrack warning:")
+            || (l.starts_with("  NAT rule") && out.ends_with("  NAT rule <host>\n"))
+        {
+            continue;
+        }
         let line = if let Some(k) = keys.iter().find(|k| l.starts_with(**k)) {
             format!("{k} <host>")
         } else if l.starts_with("  TCP connect: placed with the ") {

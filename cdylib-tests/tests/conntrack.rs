@@ -225,6 +225,12 @@ impl World {
             vec![SERVER_IP.into(), SERVER_PORT.to_string(), HELD.to_string()],
         );
         forwarder.wait_line("ready", "the forwarder");
+        let deadline = Instant::now() + PEER_WAIT;
+        while (server.peers("tcp").len() < HELD || server.peers("udp").len() < HELD)
+            && Instant::now() < deadline
+        {
+            thread::sleep(Duration::from_millis(20));
+        }
         for proto in ["tcp", "udp"] {
             let p = server.peers(proto);
             assert_eq!(p.len(), HELD, "the server saw {p:?} from the forwarder ({proto})");
@@ -243,8 +249,8 @@ impl World {
         let mut run = if wrap.is_empty() {
             Run::new(python3())
         } else {
-            // e.g. capsh --drop=cap_net_admin -- -c 'exec "$0" "$@"' python3 ...
-            Run::new(wrap[0]).args(&wrap[1..]).arg(python3())
+            // e.g. capsh --drop=cap_net_admin -- -c '...; exec "$0" "$@"' python3 ...
+            Run::new(wrap[0]).args(&wrap[1..]).arg(python3()).no_preload().env("CT_TEST_SO", so_path())
         };
         run = run
             .arg("-c")
@@ -333,4 +339,122 @@ fn tcp_flows_never_take_a_forwarded_tuple() {
 fn udp_flows_never_take_a_forwarded_tuple() {
     require!("ip", "nft");
     no_flow_leaves_outside_the_slice("udp");
+}
+
+// ---------------------------------------------------------------------------------------------
+// 2. Without ctnetlink: `portrange check` says so, and the guard drops what NAT rewrote
+// ---------------------------------------------------------------------------------------------
+
+/// A program without CAP_NET_ADMIN (the shim cannot use ctnetlink). The shim is preloaded into
+/// that program only (`$CT_TEST_SO`), not into capsh and its shell.
+const NO_NET_ADMIN: [&str; 5] =
+    ["capsh", "--drop=cap_net_admin", "--", "-c", "export LD_PRELOAD=\"$CT_TEST_SO\"; exec \"$0\" \"$@\""];
+
+/// `portrange` (no shim) in the client namespace, optionally without CAP_NET_ADMIN.
+fn portrange_in(world: &World, args: &[&str], drop_cap: bool) -> Output {
+    let mut run = if drop_cap {
+        Run::new(NO_NET_ADMIN[0]).args(&NO_NET_ADMIN[1..]).arg(bin_path())
+    } else {
+        Run::new(bin_path())
+    };
+    run = run.no_preload().args(args).slice(&spec());
+    in_netns(&world.topo.client, move || run.run())
+}
+
+/// Packets counted by the guard's rules for `proto` in `chain`.
+fn guard_count(ns: &str, chain: &str, proto: &str) -> u64 {
+    let out = Command::new("ip")
+        .args(["netns", "exec", ns, "nft", "list", "chain", "inet", "portrange_guard", chain])
+        .output()
+        .expect("nft list chain");
+    let text = String::from_utf8_lossy(&out.stdout);
+    text.lines()
+        .filter(|l| l.contains(&format!(" {proto} sport")))
+        .filter_map(|l| l.split("counter packets ").nth(1)?.split_whitespace().next()?.parse::<u64>().ok())
+        .sum()
+}
+
+/// `portrange check` sees conntrack, the SNAT rule into the slice IP, and what the shim will do
+/// with and without CAP_NET_ADMIN. Then, with the guard from `portrange check --nft` loaded and
+/// the program under the shim without CAP_NET_ADMIN (ctnetlink refused: the shim warns once and
+/// cannot protect its flows), every flow that conntrack rewrote is dropped in postrouting and
+/// counted — the server sees nothing from outside the slice — and a program binding a port
+/// outside the slice itself is rejected at once by the output rule. (Before issue 10 the printed
+/// guard had no postrouting chain and `--nft` did not exist.)
+#[test]
+fn guard_drops_and_counts_rewritten_flows_without_ctnetlink() {
+    require!("ip", "nft", "capsh");
+    let world = World::new();
+    let c = world.topo.client.clone();
+
+    // What check says, as root and without CAP_NET_ADMIN.
+    let root = portrange_in(&world, &["check"], false);
+    root.assert_success();
+    for want in [
+        "conntrack in this namespace    active",
+        "snat in ip fwdnat post maps into slice IP 198.51.100.10",
+        "reserve+verify",
+    ] {
+        assert!(root.stdout.contains(want), "check lacks {want:?}:\n{}", root.dump());
+    }
+    let capless = portrange_in(&world, &["check"], true);
+    capless.assert_success();
+    for want in ["no CAP_NET_ADMIN", "the shim will use              neither", "portrange plan"] {
+        assert!(capless.stdout.contains(want), "check lacks {want:?}:\n{}", capless.dump());
+    }
+    let json = portrange_in(&world, &["check", "--json"], true);
+    let want = "\"conntrack\":{\"requested\":\"auto\",\"active\":true,\"ctnetlink\":\"no CAP_NET_ADMIN\",\"plan\":\"off\",\"nat_rules\":null";
+    assert!(json.stdout.contains(want), "check --json lacks {want:?}:\n{}", json.dump());
+    let json = portrange_in(&world, &["check", "--json"], false);
+    for want in [
+        "\"plan\":\"reserve+verify\"",
+        "\"kind\":\"snat\",\"chain\":\"ip fwdnat post\",\"into\":\"198.51.100.10\"",
+        "\"nft\":\"# portrange guard",
+    ] {
+        assert!(json.stdout.contains(want), "check --json lacks {want:?}:\n{}", json.dump());
+    }
+
+    // The guard, exactly as `check --nft` prints it.
+    let nft = portrange_in(&world, &["check", "--nft"], false);
+    nft.assert_success();
+    assert!(nft.stdout.starts_with("# portrange guard"), "--nft prints only the ruleset:\n{}", nft.dump());
+    nft_load(&c, &nft.stdout);
+
+    for proto in ["tcp", "udp"] {
+        let n = 30;
+        let out = world.client(proto, n, "0.3", &[], &NO_NET_ADMIN);
+        out.assert_success();
+        let warnings: Vec<&str> =
+            out.portrange_lines().into_iter().filter(|l| l.contains("CAP_NET_ADMIN")).collect();
+        assert_eq!(warnings.len(), 1, "one warning about ctnetlink expected:\n{}", out.dump());
+        let results = out.connects();
+        assert_eq!(results.len(), n, "{}", out.dump());
+        let failed = results.iter().filter(|r| r.result.is_err()).count();
+        thread::sleep(Duration::from_millis(300));
+        let peers = world.program_peers(proto);
+        let bad = outside(&peers);
+        assert!(bad.is_empty(), "{proto}: the guard let {bad:?} through\n{}", out.dump());
+        assert_eq!(peers.len(), n - failed, "{proto}: every flow the server saw succeeded\n{}", out.dump());
+        assert!(
+            failed > 0,
+            "{proto}: no flow was rewritten (are the forwarded tuples held?)\n{}",
+            out.dump()
+        );
+        let dropped = guard_count(&c, "postrouting", proto);
+        assert!(
+            dropped >= failed as u64,
+            "{proto}: {failed} flows rewritten, {dropped} packets dropped\n{}",
+            out.dump()
+        );
+    }
+
+    // The output rule: a program's own bind outside the slice is rejected before NAT.
+    let own = Run::python(
+        "import socket\ns = socket.socket()\ns.bind(('198.51.100.10', 62000))\ns.settimeout(3)\ntry:\n    s.connect(('203.0.113.1', 8080))\n    print('connected')\nexcept OSError as e:\n    print('refused', e.errno)\n",
+    )
+    .no_preload();
+    let out = in_netns(&c, move || own.run());
+    assert!(out.stdout.starts_with("refused"), "the output rule did not reject:\n{}", out.dump());
+    assert!(guard_count(&c, "output", "tcp") > 0, "output rule never counted");
+    assert!(world.server.peers("tcp").iter().all(|p| p.port() != 62000));
 }

@@ -3,13 +3,14 @@
 use crate::evaluate::{evaluate, Evaluation};
 use crate::flags::shim_flags;
 use portrange::config::{self, Config};
+use portrange::conntrack as ct;
 use std::ffi::OsString;
 use std::fmt::Write as _;
 use std::net::IpAddr;
 use std::process::ExitCode;
 
 pub const HELP: &str = "\
-usage: portrange check [--json] [--slice IP:LO-HI ...] [--skip CIDR ...] [--strategy S] [--log L] [--stats PATH]
+usage: portrange check [--json | --nft] [--slice IP:LO-HI ...] [--skip CIDR ...] [--strategy S] [--log L] [--stats PATH]
 
 Validate a configuration and explain what the shim will do on this host: the slices, whether each
 slice IP is assigned here, the TCP strategy and why, the kernel settings that matter, what stays
@@ -18,7 +19,8 @@ flags laid over it (--slice sets PORTRANGE, --skip PORTRANGE_SKIP, and so on); a
 same error whichever way it comes.
 
   --json    one JSON object on stdout: valid, usable, errors, problems, warnings, kernel, slices,
-            skip, strategy, on_error
+            skip, strategy, conntrack, nft, on_error
+  --nft     only the nftables guard ruleset, ready for `nft -f -` (exit 1 when invalid)
 
 exit status: 0 valid and usable here; 1 invalid, or not usable here (e.g. a slice IP that is not
 assigned to this host); 2 bad arguments.";
@@ -26,13 +28,17 @@ assigned to this host); 2 bad arguments.";
 /// Exit status 0: valid and usable here; 1: invalid or unusable; 2: bad arguments.
 pub fn run(args: &[OsString]) -> ExitCode {
     let json = args.iter().any(|a| a == "--json");
-    let r = shim_flags(args, &["--json"]).and_then(|(flags, i)| match args.get(i) {
+    let nft = args.iter().any(|a| a == "--nft");
+    let r = shim_flags(args, &["--json", "--nft"]).and_then(|(flags, i)| match args.get(i) {
         Some(a) => Err(format!("unexpected argument {:?} (see portrange check --help)", a.to_string_lossy())),
         None => Ok(flags),
     });
     match r {
         Ok(flags) => {
             let ev = evaluate(&flags);
+            if nft {
+                return print_nft(&ev);
+            }
             if json {
                 println!("{}", report_json(&ev));
             } else {
@@ -63,31 +69,133 @@ pub fn json_str(s: &str) -> String {
     o
 }
 
-/// The nftables rule set that turns a silent break into a visible one: new flows from a slice
-/// IP whose source port lies outside its slices are rejected.
+/// The nftables guard ruleset (see `portrange::nft`).
 pub fn guard_rules(cfg: &Config) -> String {
-    let mut ips: Vec<IpAddr> = cfg.slices.iter().map(|s| s.ip).collect();
-    ips.dedup();
-    let mut out = String::from(
-        "table inet portrange_guard {\n  chain output {\n    type filter hook output priority 0; policy accept;\n",
+    portrange::nft::guard_ruleset(&cfg.slices)
+}
+
+/// What `check` finds out about conntrack here (seed 004).
+struct ConntrackReport {
+    active: bool,
+    netlink: ct::Netlink,
+    plan: ct::Plan,
+    warning: Option<String>,
+    /// `None`: the ruleset could not be read (`nft -j list ruleset` failed: not root, no nft).
+    nat: Option<Vec<ct::NatRule>>,
+}
+
+fn conntrack_report(cfg: &Config) -> ConntrackReport {
+    let active = ct::active_here();
+    let netlink = ct::probe();
+    let (plan, warning) = ct::plan(cfg.conntrack, active, netlink);
+    let nat = std::process::Command::new("nft")
+        .args(["-j", "list", "ruleset"])
+        .stderr(std::process::Stdio::null())
+        .output()
+        .ok()
+        .filter(|o| o.status.success())
+        .map(|o| {
+            let ips: Vec<IpAddr> = cfg.slices.iter().map(|s| s.ip).collect();
+            ct::nat_rules(&String::from_utf8_lossy(&o.stdout), &ips)
+        });
+    ConntrackReport { active, netlink, plan, warning, nat }
+}
+
+fn netlink_name(n: ct::Netlink) -> String {
+    match n {
+        ct::Netlink::Usable => "usable".into(),
+        ct::Netlink::NoPermission => "no CAP_NET_ADMIN".into(),
+        ct::Netlink::Unavailable(e) => format!("unavailable ({})", std::io::Error::from_raw_os_error(e)),
+    }
+}
+
+fn nat_rule_text(r: &ct::NatRule) -> String {
+    match r.into {
+        Some(ip) => format!("{} in {} maps into slice IP {ip}", r.kind, r.place),
+        None => format!("{} in {} (maps to the outgoing interface's address)", r.kind, r.place),
+    }
+}
+
+fn conntrack_json(c: &Config) -> String {
+    let r = conntrack_report(c);
+    let nat = match &r.nat {
+        None => "null".to_string(),
+        Some(v) => json_list_raw(v.iter().map(|n| {
+            format!(
+                "{{\"kind\":{},\"chain\":{},\"into\":{}}}",
+                json_str(n.kind),
+                json_str(&n.place),
+                n.into.map(|ip| json_str(&ip.to_string())).unwrap_or_else(|| "null".into())
+            )
+        })),
+    };
+    format!(
+        ",\"conntrack\":{{\"requested\":{},\"active\":{},\"ctnetlink\":{},\"plan\":{},\"nat_rules\":{nat},\"warning\":{}}},\"nft\":{}",
+        json_str(&c.conntrack.to_string()),
+        r.active,
+        json_str(&netlink_name(r.netlink)),
+        json_str(r.plan.describe()),
+        r.warning.as_deref().map(json_str).unwrap_or_else(|| "null".into()),
+        json_str(&guard_rules(c))
+    )
+}
+
+fn json_list_raw(items: impl Iterator<Item = String>) -> String {
+    format!("[{}]", items.collect::<Vec<_>>().join(","))
+}
+
+fn conntrack_text(o: &mut String, c: &Config) {
+    let r = conntrack_report(c);
+    let _ = writeln!(
+        o,
+        "\nconntrack / NAT (a forwarded flow SNATed into a slice can move a local flow out of it)"
     );
-    for ip in ips {
-        let ranges: Vec<String> = cfg
-            .slices
-            .iter()
-            .filter(|s| s.ip == ip)
-            .map(|s| if s.lo == s.hi { s.lo.to_string() } else { format!("{}-{}", s.lo, s.hi) })
-            .collect();
-        let fam = if ip.is_ipv4() { "ip" } else { "ip6" };
-        for proto in ["tcp", "udp"] {
-            out.push_str(&format!(
-                "    {fam} saddr {ip} ct state new {proto} sport != {{ {} }} counter reject\n",
-                ranges.join(", ")
-            ));
+    let _ =
+        writeln!(o, "  conntrack in this namespace    {}", if r.active { "active" } else { "not active" });
+    let _ = writeln!(o, "  ctnetlink                      {}", netlink_name(r.netlink));
+    match &r.nat {
+        None => {
+            let _ =
+                writeln!(o, "  NAT rules                      not readable (`nft -j list ruleset` failed)");
+        }
+        Some(v) if v.is_empty() => {
+            let _ = writeln!(o, "  NAT rules                      none maps into a slice IP");
+        }
+        Some(v) => {
+            for n in v {
+                let _ = writeln!(o, "  NAT rule                       {}", nat_rule_text(n));
+            }
         }
     }
-    out.push_str("  }\n}\n");
-    out
+    let plan = match (r.plan.reserve, r.plan.verify) {
+        (true, true) => "reserve+verify: each 4-tuple reserved in conntrack before connect, checked after",
+        (true, false) => "reserve: each 4-tuple reserved in conntrack before connect",
+        (false, true) => "verify: conntrack looked up before and after connect",
+        (false, false) => "neither",
+    };
+    let _ = writeln!(o, "  the shim will use              {plan} (PORTRANGE_CONNTRACK={})", c.conntrack);
+    if let Some(w) = &r.warning {
+        let _ = writeln!(o, "  conntrack warning: {w}");
+    }
+}
+
+/// `portrange check --nft`: only the guard ruleset, ready for `nft -f -`.
+fn print_nft(ev: &Evaluation) -> ExitCode {
+    match ev.config() {
+        Some(c) if ev.valid() => {
+            print!("{}", guard_rules(c));
+            ExitCode::SUCCESS
+        }
+        _ => {
+            for e in ev.errors.iter().chain(&ev.problems) {
+                eprintln!("portrange check: {e}");
+            }
+            if ev.config().is_none() && ev.errors.is_empty() {
+                eprintln!("portrange check: PORTRANGE is unset or empty: no slices to guard");
+            }
+            ExitCode::from(1)
+        }
+    }
 }
 
 fn json_list(v: &[String]) -> String {
@@ -149,6 +257,7 @@ pub fn report_json(ev: &Evaluation) -> String {
                 json_str(why)
             );
         }
+        o.push_str(&conntrack_json(c));
     }
     let _ = write!(
         o,
@@ -239,6 +348,7 @@ pub fn report_text(ev: &Evaluation) -> String {
         let v4: u32 = c.slices.iter().filter(|s| s.ip.is_ipv4()).map(|s| s.size()).sum();
         let v6: u32 = c.slices.iter().filter(|s| s.ip.is_ipv6()).map(|s| s.size()).sum();
         let _ = writeln!(o, "  capacity: {v4} IPv4 and {v6} IPv6 concurrent flows per destination");
+        conntrack_text(&mut o, c);
         let _ = writeln!(o, "\nout of reach (can still egress from outside the slice)");
         let _ = writeln!(
             o,
@@ -250,7 +360,8 @@ pub fn report_text(ev: &Evaluation) -> String {
         );
         let _ = writeln!(
             o,
-            "  A guard that rejects such packets instead of letting them break silently (nft -f FILE):\n"
+            "  A guard that rejects such packets (output) and drops what NAT rewrote (postrouting)\n  \
+             instead of letting them break silently (`portrange check --nft | nft -f -`):\n"
         );
         for l in guard_rules(c).lines() {
             let _ = writeln!(o, "    {l}");

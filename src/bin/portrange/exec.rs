@@ -16,13 +16,15 @@ use std::process::{Command, ExitCode};
 
 pub const HELP: &str = "\
 usage: portrange exec [--slice IP:LO-HI ...] [--skip CIDR ...] [--strategy auto|kernel|retry]
-                      [--log LEVEL] [--stats PATH] [--] PROGRAM [ARGS...]
+                      [--conntrack auto|reserve|verify|off] [--log LEVEL] [--stats PATH]
+                      [--] PROGRAM [ARGS...]
 
 Run PROGRAM with libportrange.so preloaded, so that its outgoing TCP and UDP flows leave from the
 slice. The configuration is the PORTRANGE* environment with the flags laid over it (--slice sets
-PORTRANGE, --skip PORTRANGE_SKIP, --strategy PORTRANGE_STRATEGY, --log PORTRANGE_LOG, --stats
-PORTRANGE_STATS); it is judged as `portrange check` judges it, and the program is not started
-under a configuration check refuses (invalid, or a slice IP not assigned to this host).
+PORTRANGE, --skip PORTRANGE_SKIP, --strategy PORTRANGE_STRATEGY, --conntrack PORTRANGE_CONNTRACK,
+--log PORTRANGE_LOG, --stats PORTRANGE_STATS); it is judged as `portrange check` judges it, and
+the program is not started under a configuration check refuses (invalid, or a slice IP not
+assigned to this host).
 
 Before starting PROGRAM, its ELF headers are read: a statically linked, Go or musl program, or a
 set-user-ID/set-group-ID/file-capability one (the loader ignores LD_PRELOAD for these), cannot be

@@ -1,5 +1,5 @@
-//! The shim's settings given as command-line flags (`--slice`, `--skip`, `--strategy`, `--log`,
-//! `--stats`). They are collected here, not validated: a flag is an override of its PORTRANGE*
+//! The shim's settings given as command-line flags (`--slice`, `--skip`, `--strategy`,
+//! `--conntrack`, `--log`, `--stats`). They are collected here, not validated: a flag is an override of its PORTRANGE*
 //! variable, and the one validation in `evaluate.rs` judges both the same way (same errors, same
 //! exit codes), naming the flag when the bad value came from one.
 
@@ -51,10 +51,11 @@ impl ShimFlags {
     }
 }
 
-const FLAGS: [(&str, &str); 5] = [
+const FLAGS: [(&str, &str); 6] = [
     ("--slice", "PORTRANGE"),
     ("--skip", "PORTRANGE_SKIP"),
     ("--strategy", "PORTRANGE_STRATEGY"),
+    ("--conntrack", "PORTRANGE_CONNTRACK"),
     ("--log", "PORTRANGE_LOG"),
     ("--stats", "PORTRANGE_STATS"),
 ];

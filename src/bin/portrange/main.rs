@@ -23,9 +23,9 @@ range of its source ports (libportrange.so, loaded with LD_PRELOAD).
 
 usage:
   portrange exec [--slice IP:LO-HI ...] [--skip CIDR ...] [--strategy auto|kernel|retry]
-                 [--log LEVEL] [--stats PATH] [--] PROGRAM [ARGS...]
+                 [--conntrack auto|reserve|verify|off] [--log LEVEL] [--stats PATH] [--] PROGRAM [ARGS...]
                               run PROGRAM with the shim
-  portrange check [--json] [--slice ... --skip ... --strategy ...]
+  portrange check [--json | --nft] [--slice ... --skip ... --strategy ...]
                               judge a configuration and explain what the shim will do here
   portrange plan --ip IP --ports LO-HI --servers N [--index I] [--exclude PORTS]
                               split a port range into N slices for a fleet
