@@ -720,7 +720,8 @@ pub fn skip_or_fail(module: &str, why: &str) {
     if under_ci() {
         panic!("{test}: {why}; CI must provide it (.ci/run)");
     }
-    let _ = writeln!(std::io::stderr(), "SKIP {test}: {why}");
+    // One write, so that the line does not interleave with libtest's own output.
+    let _ = std::io::stderr().write_all(format!("SKIP {test}: {why}\n").as_bytes());
 }
 
 /// True if every program is present. Otherwise: panics when `CI` is set, else prints SKIP and
@@ -1312,8 +1313,12 @@ pub fn compile_c(name: &str, source: &str) -> Option<PathBuf> {
     if let Some((_, p)) = built.iter().find(|(n, _)| n == name) {
         return Some(p.clone());
     }
-    let dir = target_dir().join("c-programs").join(format!("{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap_or_else(|e| panic!("mkdir {}: {e}", dir.display()));
+    let mut dir = target_dir().join("c-programs").join(format!("{}", std::process::id()));
+    if std::fs::create_dir_all(&dir).is_err() {
+        // A target directory this user cannot write (another user's build): use /tmp.
+        dir = std::env::temp_dir().join(format!("portrange-c-programs-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap_or_else(|e| panic!("mkdir {}: {e}", dir.display()));
+    }
     let src = dir.join(format!("{name}.c"));
     let exe = dir.join(name);
     std::fs::write(&src, source).expect("write C source");

@@ -248,6 +248,7 @@ fn stat(line: &str, key: &str) -> i64 {
 /// it is a second old: ~20 of 200 before the fix) and 2, under `auto` and `kernel`.
 #[test]
 fn client_closed_loops_never_fail() {
+    require_netns!();
     require!("ip");
     for tw_reuse in ["1", "2"] {
         let pair = Pair::new(&[("net.ipv4.tcp_tw_reuse", tw_reuse)]);
@@ -272,6 +273,7 @@ fn client_closed_loops_never_fail() {
 /// it for 60 s — 10 of 100).
 #[test]
 fn bind_then_connect_loops_never_fail() {
+    require_netns!();
     require!("ip");
     let pair = Pair::new(&[("net.ipv4.tcp_tw_reuse", "1")]);
     let server = Server::start(&pair, "close", &[PORT]);
@@ -293,6 +295,7 @@ fn bind_then_connect_loops_never_fail() {
 /// the kernel's own choice).
 #[test]
 fn kernel_and_retry_processes_share_a_slice() {
+    require_netns!();
     require!("ip");
     for (first, second) in [("kernel", "retry"), ("retry", "kernel")] {
         let pair = Pair::new(&[("net.ipv4.tcp_tw_reuse", "1")]);
@@ -315,6 +318,7 @@ fn kernel_and_retry_processes_share_a_slice() {
 /// once. The server's connections are never reset.
 #[test]
 fn blocking_connects_wait_for_closing_tuples() {
+    require_netns!();
     require!("ip");
     let pair = Pair::new(&[]);
     let server = Server::start(&pair, "close", &[PORT, PORT2]);
@@ -348,6 +352,7 @@ fn blocking_connects_wait_for_closing_tuples() {
 /// PORTRANGE_PRECHECK=off did before (10 of 10 reset).
 #[test]
 fn orphaned_fin_wait2_is_never_taken_over() {
+    require_netns!();
     require!("ip");
     for (strategy, precheck) in [("retry", "on"), ("retry", "off"), ("kernel", "off")] {
         let ctx = format!("{strategy}, PORTRANGE_PRECHECK={precheck}");
@@ -381,6 +386,7 @@ fn orphaned_fin_wait2_is_never_taken_over() {
 /// those tuples as held (no attempt, no swap) and the reconnects fail at once.
 #[test]
 fn time_wait_is_held_without_timestamps() {
+    require_netns!();
     require!("ip");
     let pair = Pair::new(&[("net.ipv4.tcp_timestamps", "0")]);
     let _server = Server::start(&pair, "close", &[PORT]);
@@ -410,6 +416,7 @@ fn time_wait_is_held_without_timestamps() {
 /// each fail. At the default log level, exactly one line per destination says so.
 #[test]
 fn exhaustion_is_logged_once_per_destination() {
+    require_netns!();
     require!("ip");
     let pair = Pair::new(&[]);
     let _server = Server::start(&pair, "close", &[PORT, PORT2]);
