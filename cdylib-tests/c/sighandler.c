@@ -1,7 +1,7 @@
 /* Signal handlers that connect while their thread is inside the shim (issue 8, item 5).
  *
- * usage: sighandler HOST PORT SECONDS
- * The main thread connects and closes (RST) TCP sockets to HOST:PORT in a loop; a 300 us
+ * usage: sighandler HOST PORT COUNT SECONDS
+ * Until COUNT handler connects were made (or SECONDS passed), the main thread connects and closes (RST) TCP sockets to HOST:PORT in a loop; a 300 us
  * SIGALRM interval timer interrupts it, and the handler itself (async-signal-safe calls only)
  * opens a socket, connects it to HOST:PORT and closes it. Every handler connect must leave from
  * the slice or be refused (EADDRNOTAVAIL) — never leave unplaced.
@@ -51,12 +51,13 @@ static void on_alarm(int sig) {
 }
 
 int main(int argc, char **argv) {
-    if (argc < 4) return 2;
+    if (argc < 5) return 2;
     memset(&dst, 0, sizeof dst);
     dst.sin_family = AF_INET;
     dst.sin_port = htons(atoi(argv[2]));
     inet_pton(AF_INET, argv[1], &dst.sin_addr);
-    double secs = atof(argv[3]);
+    int want = atoi(argv[3]);
+    double secs = atof(argv[4]);
 
     struct sigaction sa;
     memset(&sa, 0, sizeof sa);
@@ -74,7 +75,7 @@ int main(int argc, char **argv) {
         if (connect(s, (struct sockaddr *)&dst, sizeof dst) == 0) n++;
         rst_close(s);
         clock_gettime(CLOCK_MONOTONIC, &t);
-    } while ((t.tv_sec - t0.tv_sec) + (t.tv_nsec - t0.tv_nsec) / 1e9 < secs && ngot < MAX);
+    } while ((t.tv_sec - t0.tv_sec) + (t.tv_nsec - t0.tv_nsec) / 1e9 < secs && ngot < want && ngot < MAX);
     struct itimerval off = {{0, 0}, {0, 0}};
     setitimer(ITIMER_REAL, &off, NULL);
 

@@ -244,12 +244,13 @@ fn signal_handler_connects_are_placed_or_refused() {
         let sink = Sink::start("127.0.0.1");
         let tmp = TempDir::new("sighandler");
         let stats = tmp.path().join("stats");
-        let run = Run::new(&exe).args(["127.0.0.1".to_string(), sink.port.to_string(), "1".to_string()]);
+        let run =
+            Run::new(&exe).args(["127.0.0.1".to_string(), sink.port.to_string(), "300".into(), "20".into()]);
         let out = configure(run, strategy, SLICE_IP, lo, hi, &stats).run();
         let ctx = format!("strategy {strategy:?}");
         assert!(out.success() && out.field("DONE").is_some(), "{ctx}:\n{}", out.dump());
         let handler = out.fields("HANDLER");
-        assert!(handler.len() >= 20, "{ctx}: only {} handler connects\n{}", handler.len(), out.dump());
+        assert!(handler.len() >= 300, "{ctx}: only {} handler connects\n{}", handler.len(), out.dump());
         let (mut ok, mut refused) = (0, 0);
         for h in &handler {
             let w: Vec<&str> = h.split_whitespace().collect();
