@@ -12,8 +12,9 @@
 //! is needed; a fork child never uses its parent's (they carry the parent's pid), and a socket
 //! is created in the calling thread's network namespace. Whatever the program does to fd
 //! numbers (dup2 over one, close_range), the shim
-//! - checks the number still holds its socket (device, inode) when it takes it, before dropping
-//!   a read reply and before closing, and never uses (or closes) a number that changed;
+//! - checks the number still holds its socket (device, inode) when it takes it (right before
+//!   sending), before dropping a read reply and before closing, and never uses (or closes) a
+//!   number that changed;
 //! - never blocks on it: the kernel answers a sock_diag request inside the `sendto` call, so the
 //!   reply is read with MSG_DONTWAIT (nothing there = an error, not a wait);
 //! - reads the reply with MSG_PEEK and accepts it only from the kernel's netlink address (a
@@ -302,7 +303,8 @@ fn ask(
     // SAFETY: sockaddr_nl is plain data; all-zero is valid (nl_pid 0 = the kernel).
     let mut kernel: libc::sockaddr_nl = unsafe { std::mem::zeroed() };
     kernel.nl_family = libc::AF_NETLINK as u16;
-    let fd = nl.ours()?;
+    // Checked to be our socket when taken from the pool (or just opened): no syscall since.
+    let fd = nl.fd;
     // SAFETY: req and kernel are valid for their sizes; fd was checked to be our socket.
     // A raw syscall: not a cancellation point (glibc's sendto is), never through a hook.
     let n = unsafe {
