@@ -41,8 +41,14 @@ fn netns_setup() {
     sh(&["ip", "addr", "add", &format!("{PEER_IP}/32"), "dev", "lo"]);
 }
 
+/// The header the C programs of `cdylib-tests/c/` may include.
+const HEADERS: &[(&str, &str)] = &[("no_netlink_filter.h", include_str!("../c/no_netlink_filter.h"))];
+
 /// Compile a C program of `cdylib-tests/c/` (its source included with `include_str!`).
 fn cc(dir: &TempDir, name: &str, source: &str, extra: &[&str]) -> PathBuf {
+    for (h, text) in HEADERS {
+        std::fs::write(dir.path().join(h), text).expect("write C header");
+    }
     let src = dir.path().join(format!("{name}.c"));
     std::fs::write(&src, source).expect("write C source");
     let out = dir.path().join(name);
@@ -345,6 +351,55 @@ fn without_af_netlink_flows_are_still_placed() {
         assert!(json.stdout.contains("\"sock_diag\":false"), "{}", json.dump());
         let free = Run::portrange().args(["check", "--json"]).slice(&spec).run();
         assert!(free.stdout.contains("\"sock_diag\":true"), "{}", free.dump());
+    });
+}
+
+/// sock_diag goes away while the program runs (the program installs a filter denying AF_NETLINK
+/// after the shim started with it): the UDP connect that finds it gone fails with EADDRNOTAVAIL
+/// and its socket holds no slice port (it was bound to one for the check); one line says
+/// sock_diag is unavailable; the next connects are placed without it.
+#[test]
+fn af_netlink_denied_after_start_leaves_no_slice_port_held() {
+    require_netns!();
+    require!("gcc", "ip");
+    let dir = TempDir::new("late-no-netlink");
+    let prog = cc(&dir, "late_no_netlink", include_str!("../c/late_no_netlink.c"), &[]);
+    in_private_netns(move || {
+        netns_setup();
+        let (lo, hi) = (42100, 42109);
+        for run in runs() {
+            let c = ctx(run);
+            let udp = UdpRecorder::start(PEER_IP);
+            let out =
+                configure(Run::new(&prog), run, lo, hi).args([PEER_IP, &udp.addr.port().to_string()]).run();
+            out.assert_success();
+            let lines: Vec<Vec<i64>> = out
+                .fields("udp")
+                .iter()
+                .map(|l| l.split_whitespace().map(|w| w.parse().unwrap()).collect())
+                .collect();
+            assert_eq!(lines.len(), 3, "[{c}]\n{}", out.dump());
+            let inside = |p: i64| (i64::from(lo)..=i64::from(hi)).contains(&p);
+            if run.is_some() {
+                assert_eq!(lines[0][..2], [-1, 99], "[{c}] the first connect\n{}", out.dump());
+                assert!(
+                    !inside(lines[0][2]),
+                    "[{c}] the failed socket holds slice port {}\n{}",
+                    lines[0][2],
+                    out.dump()
+                );
+                for l in &lines[1..] {
+                    assert!(l[0] == 0 && inside(l[2]), "[{c}] {l:?}\n{}", out.dump());
+                }
+                let warned = out.stderr.lines().filter(|l| l.contains("sock_diag is unavailable")).count();
+                assert_eq!(warned, 1, "[{c}]\n{}", out.dump());
+            } else {
+                assert!(lines.iter().all(|l| l[0] == 0), "[{c}]\n{}", out.dump());
+            }
+            let seen = udp.sources();
+            assert_eq!(seen.len(), if run.is_some() { 2 } else { 3 }, "[{c}]\n{}", out.dump());
+            expect_sources(&seen, run, lo, hi, "datagram", &out);
+        }
     });
 }
 
