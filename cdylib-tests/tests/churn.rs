@@ -7,8 +7,8 @@
 //!
 //! 1. Client-closed connect+close loops never fail, under `auto` and `kernel`, with
 //!    tcp_tw_reuse 1 and 2 (the kernel's own choice skips TIME_WAITs younger than 1 s).
-//! 2. bind(SLICE_IP, 0)-then-connect loops never fail; a kernel-strategy process and a retry
-//!    process share one slice, in either order.
+//! 2. bind(SLICE_IP, 0)-then-connect loops never fail (python, and `wget --bind-address`); a
+//!    kernel-strategy process and a retry process share one slice, in either order.
 //! 3. Closing states: 10 closed + 10 immediate blocking reconnects on a 10-port slice succeed;
 //!    an orphaned FIN_WAIT2 is never taken over (the peer is never reset), with
 //!    PORTRANGE_PRECHECK on or off; TIME_WAIT is not attempted with tcp_timestamps=0.
@@ -285,6 +285,31 @@ fn bind_then_connect_loops_never_fail() {
         );
         expect_all_ok(&out, 100, &server, seen, &format!("bind-then-connect, {strategy}"));
         seen += 100;
+    }
+}
+
+/// The same with the real program: 30 `wget --bind-address=SLICE_IP` runs in a row on a
+/// 10-port slice all succeed (before: from the 11th on, wget's bind failed with EADDRINUSE for
+/// 60 s).
+#[test]
+fn wget_bind_address_runs_never_fail() {
+    require!("ip", "wget");
+    let pair = Pair::new(&[]);
+    let server = Server::start(&pair, "http", &[PORT]);
+    let url = format!("http://{SERVER_IP}:{PORT}/");
+    let bind = format!("--bind-address={CLIENT_IP}");
+    for i in 0..30 {
+        let run = Run::new("wget")
+            .args(["-q", "-O", "-", "--tries=1", "--timeout=5", &bind, &url])
+            .slice(&slice_spec(CLIENT_IP, LO, HI));
+        let out = pair.in_client(move || run.run());
+        out.assert_success();
+        assert_eq!(out.stdout, "ok\n", "run {i}\n{}", out.dump());
+    }
+    let peers = server.wait_peers(PORT, 30);
+    assert_eq!(peers.len(), 30, "the server saw {peers:?}");
+    for p in &peers {
+        assert!(in_slice(*p, CLIENT_IP, LO, HI), "the server saw {p}");
     }
 }
 

@@ -1,7 +1,8 @@
 # The server side of the churn tests, run in the server namespace without the shim.
 # argv: IP MODE PORT [PORT...]. MODE `close`: close each connection when the client has closed
 # it (the client closed first, so the client's end becomes TIME_WAIT); `hold`: keep every
-# connection open after the client's FIN (the client's end becomes an orphaned FIN_WAIT2).
+# connection open after the client's FIN (the client's end becomes an orphaned FIN_WAIT2);
+# `http`: as `close`, and answer each request with a keep-alive `200 ok` (the client closes).
 # Prints `listening`, then `peer IP PORT LISTENER_PORT` per accepted connection. On each stdin line `check`,
 # prints `state IP PORT N` for every held connection (tcpi_state: 8 = CLOSE_WAIT, healthy;
 # 7 = CLOSE, reset by the client side) and then `checked`.
@@ -43,6 +44,8 @@ while True:
                 d = c.recv(4096)
             except OSError:
                 d = b""
+            if d and mode == "http" and b"\r\n\r\n" in d:
+                c.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\nConnection: keep-alive\r\n\r\nok\n")
             if not d:
                 sel.unregister(c)
                 if mode == "hold":
