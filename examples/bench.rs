@@ -13,7 +13,10 @@
 //!
 //! Configurations run interleaved, `--rounds` times; each figure is the median over rounds.
 
-// The nginx load run (issue 13) lives in its own file: examples/bench/nginx.rs.
+// Issue 13's runs live in their own files: the nginx load run (examples/bench/nginx.rs) and
+// the strategies' CPU cost under churn (examples/bench/churn.rs).
+#[path = "bench/churn.rs"]
+mod churn;
 #[path = "bench/nginx.rs"]
 mod nginx;
 
@@ -41,6 +44,10 @@ fn main() {
         Some("--udp-child") => return udp_child(&args[2], args[3].parse().expect("n")),
         Some("--sendto-child") => return sendto_child(&args[2], args[3].parse().expect("n")),
         Some("--hold") => return hold(&args[2], args[3].parse().expect("n")),
+        Some("--churn-server") => return churn::server(args[2].parse().expect("port"), &args[3]),
+        Some("--churn-client") => {
+            return churn::client(args[2].parse().expect("port"), args[3].parse().expect("n"), &args[4])
+        }
         _ => {}
     }
     let flag = |name: &str, default: usize| -> usize {
@@ -65,6 +72,9 @@ fn main() {
     }
     if args.iter().any(|a| a == "--nginx") {
         return nginx::main(&so, rounds, flag("--requests", 20000));
+    }
+    if args.iter().any(|a| a == "--churn") {
+        return churn::main(&so, rounds);
     }
 
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
@@ -182,6 +192,7 @@ fn main() {
         println!("{:<36} {:>11.2} {:>9.2}x", c.name, m, m / send_base);
     }
     drop(udp_server);
+    churn::main(&so, rounds);
     nginx::main(&so, rounds, flag("--requests", 20000));
 }
 

@@ -5,12 +5,12 @@
 //! at most [`BOUND_MS`] in all; a non-blocking connect never waits (it gets EADDRNOTAVAIL at
 //! once, as from the kernel).
 //!
-//! The sleep is a raw `clock_nanosleep` system call, not glibc's wrapper: glibc's is a
-//! cancellation point, and a thread cancelled there would unwind through the shim's Rust frames
-//! (the hook's `catch_unwind`, the placement's destructors). `syscall()` is not a cancellation
-//! point; a pending cancellation is acted on at the program's next cancellation point — the
-//! connect itself, which the placement is about to make. A signal ends one step early (EINTR):
-//! the handler runs, and the wait goes on to its bound.
+//! The wait runs in the strategy's `prepare` step, inside the hook's shim section (cancellation
+//! disabled, see `hooks`), never around the program's own call. The sleep is moreover a raw
+//! `clock_nanosleep` system call, not glibc's cancellable wrapper, so it is no cancellation
+//! point even if called elsewhere; a pending cancellation is acted on at the program's connect,
+//! which follows. A signal ends one step early (EINTR): the handler runs, and the wait goes on
+//! to its bound.
 
 /// The longest a blocking connect waits for closing tuples, in all.
 pub const BOUND_MS: u64 = 200;
