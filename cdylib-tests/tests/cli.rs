@@ -953,3 +953,39 @@ fn stats_summarises_per_program_and_for_prometheus() {
     let out = Run::portrange().args(["stats"]).run();
     assert_eq!(out.code(), Some(2), "{}", out.dump());
 }
+
+/// The man page and the contract document every command and every PORTRANGE* variable the
+/// code reads (so the installed documentation cannot fall behind the code).
+#[test]
+fn man_page_and_contract_name_every_command_and_variable() {
+    let man = std::fs::read_to_string(workspace_root().join("docs/portrange.1")).expect("docs/portrange.1");
+    let contract =
+        std::fs::read_to_string(workspace_root().join("docs/CONTRACT.md")).expect("docs/CONTRACT.md");
+    // roff escapes hyphens; compare on the unescaped text.
+    let man = man.replace("\\-", "-");
+    let usage = Run::portrange().arg("--help").run();
+    usage.assert_success();
+    let commands: Vec<String> = usage
+        .stdout
+        .lines()
+        .filter_map(|l| l.trim_start().strip_prefix("portrange "))
+        .filter_map(|l| l.split_whitespace().next())
+        .filter(|w| w.chars().all(|c| c.is_ascii_lowercase()) && *w != "help")
+        .map(str::to_string)
+        .collect();
+    assert!(commands.len() >= 6, "{commands:?}");
+    for c in &commands {
+        assert!(
+            man.contains(&format!(".B portrange {c}")) || man.contains(&format!(".B {c}\n")),
+            "man page lacks {c}"
+        );
+        assert!(contract.contains(&format!("`portrange {c}")), "CONTRACT.md lacks portrange {c}");
+    }
+    for v in variables_in_sources() {
+        assert!(man.contains(&format!(".B {v}\n")), "man page lacks {v}");
+        assert!(contract.contains(&format!("`{v}`")), "CONTRACT.md lacks {v}");
+    }
+    // The README is self-contained: no pointer to files outside the repository.
+    let readme = std::fs::read_to_string(workspace_root().join("README.md")).unwrap();
+    assert!(!readme.contains("../shared"), "README points outside the repository");
+}
