@@ -860,7 +860,7 @@ fn status_counts_a_known_set_of_held_flows() {
     // --watch: a fresh JSON line per refresh until interrupted.
     let out = Run::portrange()
         .args(["status", "--json", "--watch", "0.2", "--slice", &slice])
-        .timeout(Duration::from_millis(1500))
+        .timeout(Duration::from_millis(2500))
         .run();
     assert!(out.timed_out, "--watch keeps going\n{}", out.dump());
     let frames: Vec<Json> = out.stdout.lines().map(|l| Json::parse(l).expect("a JSON frame")).collect();
