@@ -287,3 +287,66 @@ fn signal_handler_connects_are_placed_or_refused() {
         eprintln!("{ctx}: {ok} handler connects placed, {refused} refused, {} peers", peers.len());
     }
 }
+
+/// Item 9: sockets at fd numbers >= 2^20 keep their per-socket state: a deferred wildcard bind
+/// gives a port when asked (getsockname), a bound-then-connected socket is placed, the program's
+/// own SO_REUSEADDR is reported, a UDP socket keeps the port of its first send. Needs
+/// CAP_SYS_RESOURCE to raise RLIMIT_NOFILE past 2^20 (and raises fs.nr_open for the run).
+#[test]
+fn descriptors_above_2_pow_20_keep_their_state() {
+    let Some(exe) = compile_c("highfd", include_str!("../c/highfd.c")) else { return };
+    let nr_open = sysctl("fs/nr_open").and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
+    let need = (1u64 << 20) + 8192;
+    if nr_open < need && std::fs::write("/proc/sys/fs/nr_open", need.to_string()).is_err() {
+        eprintln!("SKIP descriptors_above_2_pow_20_keep_their_state: cannot raise fs.nr_open");
+        return;
+    }
+    let out = (|| {
+        for strategy in configurations() {
+            let (lo, hi) = slice_ports(16);
+            let sink = Sink::start("127.0.0.1");
+            let tmp = TempDir::new("highfd");
+            let run = Run::new(&exe).args(["127.0.0.1".to_string(), sink.port.to_string()]);
+            let out = configure(run, strategy, SLICE_IP, lo, hi, &tmp.path().join("stats")).run();
+            let ctx = format!("strategy {strategy:?}");
+            assert!(out.success(), "{ctx}:\n{}", out.dump());
+            if let Some(why) = out.field("SKIP") {
+                return Some(why.to_string());
+            }
+            let fd: i64 = out.expect_field("FD").parse().unwrap();
+            assert!(fd >= 1 << 20, "{ctx}: fd {fd}");
+            assert_ne!(
+                out.expect_field("WILDCARD"),
+                "0",
+                "{ctx}: bind(0.0.0.0:0) gave no port\n{}",
+                out.dump()
+            );
+            let tcp: Vec<&str> = out.expect_field("TCP").split_whitespace().collect();
+            assert_eq!(tcp[0], "0", "{ctx}: connect failed\n{}", out.dump());
+            assert_eq!(
+                out.expect_field("REUSEADDR"),
+                "0",
+                "{ctx}: the program's SO_REUSEADDR\n{}",
+                out.dump()
+            );
+            let udp = out.expect_addr("UDP");
+            assert_eq!(out.expect_addr("UDP2"), udp, "{ctx}: the UDP socket changed port\n{}", out.dump());
+            if strategy.is_some() {
+                let local = std::net::SocketAddr::new(tcp[2].parse().unwrap(), tcp[3].parse().unwrap());
+                assert!(in_slice(local, SLICE_IP, lo, hi), "{ctx}: TCP from {local}\n{}", out.dump());
+                assert!(in_slice(udp, SLICE_IP, lo, hi), "{ctx}: UDP from {udp}\n{}", out.dump());
+                std::thread::sleep(std::time::Duration::from_millis(100));
+                for p in sink.peers() {
+                    assert!(in_slice(p, SLICE_IP, lo, hi), "{ctx}: the peer saw {p}\n{}", out.dump());
+                }
+            }
+        }
+        None
+    })();
+    if nr_open < need {
+        let _ = std::fs::write("/proc/sys/fs/nr_open", nr_open.to_string());
+    }
+    if let Some(why) = out {
+        eprintln!("SKIP descriptors_above_2_pow_20_keep_their_state: {why}");
+    }
+}

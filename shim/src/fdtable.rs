@@ -5,10 +5,11 @@
 //! socket it describes (its sockfs inode) and is trusted only while that still matches: a reader
 //! passes the inode it just read with `fstat`, and a stale entry reads as empty.
 //!
-//! Storage: a fixed top-level array of chunk pointers (static, 8 KiB) and chunks of 1024 entries
-//! mapped with `mmap` the first time an fd in that chunk is written — so fds up to 2^20 are
-//! covered without a heap allocation, and close/dup touch only atomics (plus one `mmap` the
-//! first time an fd in a new chunk is recorded; no lock, no malloc).
+//! Storage: a static top-level array (16 KiB) of pointers to middle tables, each of pointers to
+//! chunks of 1024 entries, both mapped with `mmap` the first time an fd in their range is
+//! written — so every fd a process can own (up to 2^31; systemd raises fs.nr_open to 2^30) is
+//! covered without a heap allocation, and close/dup touch only atomics (plus an `mmap` the first
+//! time an fd in a new range is recorded; no lock, no malloc).
 
 use libc::c_int;
 use std::sync::atomic::{AtomicI32, AtomicPtr, AtomicU32, AtomicU64, Ordering::Relaxed};
@@ -35,7 +36,12 @@ struct Entry {
     ep_data: AtomicU64,
 }
 
-static TABLE: [AtomicPtr<Entry>; CHUNKS] = [const { AtomicPtr::new(std::ptr::null_mut()) }; CHUNKS];
+/// Three levels: a static top of [`TOPS`] pointers to middle tables of [`CHUNKS`] pointers to
+/// chunks of [`CHUNK`] entries, mapped on first write: every fd a process can own (fs.nr_open
+/// goes up to 2^31 - 64) has an entry, and an unused range costs nothing.
+type Mid = [AtomicPtr<Entry>; CHUNKS];
+const TOPS: usize = 2048;
+static TABLE: [AtomicPtr<Mid>; TOPS] = [const { AtomicPtr::new(std::ptr::null_mut()) }; TOPS];
 
 /// Bits of an entry's flags.
 pub mod flag {
@@ -64,41 +70,59 @@ pub mod flag {
     pub const SHARED_PORT: u64 = 1 << 13;
 }
 
-fn slot(fd: c_int, create: bool) -> Option<&'static Entry> {
-    let fd = usize::try_from(fd).ok()?;
-    let (hi, lo) = (fd / CHUNK, fd % CHUNK);
-    let top = TABLE.get(hi)?;
+/// A zeroed anonymous mapping of `bytes` (zeroed memory is a valid array of atomics), installed
+/// in `at` unless another thread installed one first; the installed pointer.
+fn install<T>(at: &AtomicPtr<T>, bytes: usize) -> Option<*mut T> {
+    // SAFETY: anonymous private mapping, no file; the result is checked.
+    let m = unsafe {
+        libc::mmap(
+            std::ptr::null_mut(),
+            bytes,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+            -1,
+            0,
+        )
+    };
+    if m == libc::MAP_FAILED {
+        return None;
+    }
+    match at.compare_exchange(std::ptr::null_mut(), m.cast(), Relaxed, Relaxed) {
+        Ok(_) => Some(m.cast()),
+        Err(other) => {
+            // SAFETY: we own `m`; another thread installed its mapping first.
+            unsafe { libc::munmap(m, bytes) };
+            Some(other)
+        }
+    }
+}
+
+/// The middle table for `fd`, if mapped (or mapped now when `create`).
+fn mid(fd: usize, create: bool) -> Option<&'static Mid> {
+    let top = TABLE.get(fd / (CHUNK * CHUNKS))?;
     let mut p = top.load(Relaxed);
     if p.is_null() {
         if !create {
             return None;
         }
-        let bytes = CHUNK * std::mem::size_of::<Entry>();
-        // SAFETY: anonymous private mapping; zeroed memory is a valid array of Entry (atomics).
-        let m = unsafe {
-            libc::mmap(
-                std::ptr::null_mut(),
-                bytes,
-                libc::PROT_READ | libc::PROT_WRITE,
-                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
-                -1,
-                0,
-            )
-        };
-        if m == libc::MAP_FAILED {
+        p = install(top, std::mem::size_of::<Mid>())?;
+    }
+    // SAFETY: middle tables are never unmapped once installed.
+    Some(unsafe { &*p })
+}
+
+fn slot(fd: c_int, create: bool) -> Option<&'static Entry> {
+    let fd = usize::try_from(fd).ok()?;
+    let chunk = &mid(fd, create)?[(fd / CHUNK) % CHUNKS];
+    let mut p = chunk.load(Relaxed);
+    if p.is_null() {
+        if !create {
             return None;
         }
-        match top.compare_exchange(std::ptr::null_mut(), m as *mut Entry, Relaxed, Relaxed) {
-            Ok(_) => p = m as *mut Entry,
-            Err(other) => {
-                // SAFETY: we own `m`; another thread installed its chunk first.
-                unsafe { libc::munmap(m, bytes) };
-                p = other;
-            }
-        }
+        p = install(chunk, CHUNK * std::mem::size_of::<Entry>())?;
     }
-    // SAFETY: chunks are never unmapped once installed; lo < CHUNK.
-    Some(unsafe { &*p.add(lo) })
+    // SAFETY: chunks are never unmapped once installed; the index is < CHUNK.
+    Some(unsafe { &*p.add(fd % CHUNK) })
 }
 
 /// The identity of the socket behind `fd` (its inode), or `None` if `fd` is not a socket.
@@ -223,17 +247,19 @@ pub fn clear(fd: c_int) {
     }
 }
 
-/// Forget every fd in `first..=last`.
+/// Forget every fd in `first..=last` (unmapped ranges are skipped whole).
 pub fn clear_range(first: c_int, last: c_int) {
-    let last = last.min((CHUNK * CHUNKS - 1) as c_int);
-    let mut fd = first.max(0);
+    let (Ok(mut fd), Ok(last)) = (usize::try_from(first.max(0)), usize::try_from(last)) else { return };
     while fd <= last {
-        let chunk_end = (fd as usize / CHUNK + 1) * CHUNK - 1;
-        if TABLE[fd as usize / CHUNK].load(Relaxed).is_null() {
-            fd = chunk_end as c_int + 1;
+        let Some(m) = mid(fd, false) else {
+            fd = (fd / (CHUNK * CHUNKS) + 1) * (CHUNK * CHUNKS);
+            continue;
+        };
+        if m[(fd / CHUNK) % CHUNKS].load(Relaxed).is_null() {
+            fd = (fd / CHUNK + 1) * CHUNK;
             continue;
         }
-        clear(fd);
+        clear(fd as c_int);
         fd += 1;
     }
 }
@@ -324,11 +350,21 @@ mod tests {
     }
 
     #[test]
-    fn out_of_table_fds_are_ignored() {
+    fn negative_fds_are_ignored_and_high_ones_kept() {
         update(-1, 1, flag::PLACED, 0);
-        update(1 << 21, 1, flag::PLACED, 0);
-        assert_eq!(flags(1 << 21, 1), 0);
+        assert_eq!(flags(-1, 1), 0);
+        // Descriptors at and above 2^20 (fs.nr_open raised), up to the largest c_int.
+        for fd in [1 << 20, (1 << 20) + 1023, 1 << 21, (1 << 30) + 5, c_int::MAX] {
+            update(fd, 7, flag::DEFERRED_BIND, 0);
+            assert_eq!(flags(fd, 7), flag::DEFERRED_BIND, "fd {fd}");
+            assert!(occupied(fd));
+            copy(fd, fd - 1);
+            assert_eq!(flags(fd - 1, 7), flag::DEFERRED_BIND, "dup of fd {fd}");
+        }
         clear_range(6000, c_int::MAX);
+        for fd in [1 << 20, 1 << 21, (1 << 30) + 5, c_int::MAX, c_int::MAX - 1] {
+            assert!(!occupied(fd), "fd {fd} cleared by closefrom");
+        }
         assert!(ino(-1).is_none());
         let f = std::fs::File::open("/proc/self/stat").unwrap();
         assert!(ino(f.as_raw_fd()).is_none(), "files are not sockets");
