@@ -10,7 +10,7 @@
 //! idle one from a small lock-free pool (or opens one), and puts it back when done. Two threads,
 //! or a signal handler and the code it interrupted, always use different sockets, so no lock
 //! is needed; a fork child never uses its parent's (they carry the parent's pid), and a socket
-//! is created in the calling thread's network namespace. Whatever the program does to fd
+//! is created in the calling thread's network namespace, close-on-exec and placed high. Whatever the program does to fd
 //! numbers (dup2 over one, close_range), the shim
 //! - checks the number still holds its socket (device, inode) when it takes it (right before
 //!   sending), before dropping a read reply and before closing, and never uses (or closes) a
@@ -204,6 +204,17 @@ impl Netlink {
             }
             return Err(DiagError(e));
         }
+        // Placed high, out of the way of the numbers the program's own descriptors get (a pool
+        // miss is rare, so the extra dup is too).
+        let floor = crate::sys::ownfd::high_floor() as libc::c_ulong;
+        // SAFETY: F_DUPFD_CLOEXEC of our own new socket.
+        let high = unsafe { real::fcntl(fd, libc::F_DUPFD_CLOEXEC, floor) };
+        let fd = if high >= 0 {
+            close_raw(fd);
+            high
+        } else {
+            fd
+        };
         match identity(fd) {
             Some(id) => Ok(Netlink { fd, id, ok: false }),
             None => Err(DiagError(libc::EBADF)), // already taken from us: nothing of ours to close

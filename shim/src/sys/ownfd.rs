@@ -23,7 +23,7 @@ fn identity(fd: c_int) -> Option<(u64, u64)> {
 
 /// The lowest number an own descriptor takes: high, but inside the usual 1024 soft limit so the
 /// kernel's fd table does not grow (and select() users are unaffected in practice).
-fn high_floor() -> c_int {
+pub fn high_floor() -> c_int {
     // SAFETY: getrlimit into a zeroed struct.
     let mut rl: libc::rlimit = unsafe { std::mem::zeroed() };
     let soft = if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut rl) } == 0 {
