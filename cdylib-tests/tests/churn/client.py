@@ -1,7 +1,10 @@
 # The client side of the churn tests (run under the shim in the client namespace).
 # argv: COMMAND HOST PORT [ARGS...]. Each connect prints `ok IP PORT`, `inprogress IP PORT MS`
 # or `err ERRNO MS`.
-#   loop N GAP_MS [bind IP]   N times: socket, (bind((IP, 0)),) connect, close; GAP_MS apart
+#   loop N GAP_MS [bind IP [getsockname]]
+#                             N times: socket, (bind((IP, 0)), (getsockname(),)) connect, close;
+#                             GAP_MS apart (with getsockname: `reuse V`, the SO_REUSEADDR value
+#                             the program reads after connect)
 #   hold N                    N connects, kept open until stdin closes
 #   burst N nonblock|block    N connects; close them all (the client closes first); at once N
 #                             more, blocking or not; wait for the peer's FINs; `closed` line
@@ -34,15 +37,19 @@ def wait_states(code, n, timeout=5.0):
     return states(code)
 
 
-def connect(blocking=True, bind=None):
+def connect(blocking=True, bind=None, name=False):
     s = socket.socket()
     if bind:
         s.bind((bind, 0))
+    if name:
+        s.getsockname()
     s.setblocking(blocking)
     t0 = time.monotonic()
     try:
         s.connect((host, port))
         print("ok %s %d" % s.getsockname(), flush=True)
+        if name:
+            print("reuse", s.getsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR), flush=True)
         return s
     except BlockingIOError:
         ms = (time.monotonic() - t0) * 1000
@@ -62,8 +69,9 @@ def batch(n, **kw):
 if cmd == "loop":
     n, gap = int(args[0]), float(args[1]) / 1000
     bind = args[3] if len(args) > 3 and args[2] == "bind" else None
+    name = len(args) > 4 and args[4] == "getsockname"
     for i in range(n):
-        s = connect(bind=bind)
+        s = connect(bind=bind, name=name)
         if s:
             s.close()
         time.sleep(gap)

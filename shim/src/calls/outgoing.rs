@@ -154,6 +154,9 @@ fn outgoing(fd: c_int, dst: SocketAddr, call: Call, nested: bool) -> Next {
         // A UDP socket may connect again, to another peer, without disconnecting first. On a
         // shared port that new 4-tuple was never checked: it is placed afresh, on a fresh socket.
         // (An owned port is nobody else's; a TCP socket connects once.)
+        if call == Call::Connect && sock.proto == Proto::Tcp && flags & flag::SHIM_REUSEADDR == 0 {
+            crate::strategy::exclusive::share_on_connect(fd, ino);
+        }
         let recheck = call == Call::Connect
             && sock.proto == Proto::Udp
             && flags & flag::SHARED_PORT != 0

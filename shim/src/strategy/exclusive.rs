@@ -34,6 +34,19 @@ pub fn bind_free<'a>(
     r
 }
 
+/// A TCP socket that got a port of its own at bind time (getsockname or listen came before
+/// connect) is connecting: SO_REUSEADDR=1 from now on (the program still reads its own value),
+/// so that its TIME_WAIT does not lock the port for 60 s against every later placement (an
+/// explicit SO_REUSEADDR bind fails over a TIME_WAIT whose socket had it off). A listener is
+/// left alone.
+pub fn share_on_connect(fd: c_int, ino: u64) {
+    if addr::get_int(fd, libc::SOL_SOCKET, libc::SO_ACCEPTCONN) == Some(0)
+        && addr::set_u32(fd, libc::SOL_SOCKET, libc::SO_REUSEADDR, 1).is_ok()
+    {
+        crate::fdtable::update(fd, ino, crate::fdtable::flag::SHIM_REUSEADDR, 0);
+    }
+}
+
 fn bind_loop<'a>(
     fd: c_int,
     family: c_int,
