@@ -27,7 +27,10 @@ import socket, time
 s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); s.bind(("203.0.113.1", 7001)); time.sleep(1e6)' &
 udp_pid=$!
 trap 'kill $tcp_pid $udp_pid' EXIT
-sleep 0.5
+for _ in $(seq 100); do # until the listener accepts (python starts slowly on a loaded machine)
+  (exec 3<>/dev/tcp/203.0.113.1/7000) 2>/dev/null && break
+  sleep 0.1
+done
 N=${N:-3000}
 SLICE=198.51.100.10:40000-40511
 out=$(mktemp)
