@@ -12,6 +12,11 @@
 //! UDP: socket() + connect() + close() cycles, the median cycle time with and without the shim.
 //!
 //! Configurations run interleaved, `--rounds` times; each figure is the median over rounds.
+//!
+//! Conntrack (issue 10, as root): the retry strategy's connect cost on a veth pair between
+//! network namespaces, with conntrack inactive and active, and with PORTRANGE_CONNTRACK off,
+//! auto (reserve+verify) and verify (examples/bench/conntrack.rs; `-- --conntrack-only` runs just
+//! these rows).
 
 // Issue 13's runs live in their own files: the nginx load run (examples/bench/nginx.rs) and
 // the strategies' CPU cost under churn (examples/bench/churn.rs).
@@ -19,6 +24,9 @@
 mod churn;
 #[path = "bench/nginx.rs"]
 mod nginx;
+// The conntrack rows (issue 10): examples/bench/conntrack.rs.
+#[path = "bench/conntrack.rs"]
+mod conntrack;
 
 use std::io::{BufRead, Read, Write};
 use std::net::{SocketAddr, TcpListener};
@@ -41,6 +49,7 @@ fn main() {
     let args: Vec<String> = std::env::args().collect();
     match args.get(1).map(String::as_str) {
         Some("--child") => return child(&args[2], args[3].parse().expect("n")),
+        Some("--ct-child") => return conntrack::child(&args[2], args[3].parse().expect("n")),
         Some("--udp-child") => return udp_child(&args[2], args[3].parse().expect("n")),
         Some("--sendto-child") => return sendto_child(&args[2], args[3].parse().expect("n")),
         Some("--hold") => return hold(&args[2], args[3].parse().expect("n")),
@@ -69,6 +78,9 @@ fn main() {
             so.display()
         );
         std::process::exit(2);
+    }
+    if args.iter().any(|a| a == "--conntrack-only") {
+        return conntrack::rows(&so, n, rounds);
     }
     if args.iter().any(|a| a == "--nginx") {
         return nginx::main(&so, rounds, flag("--requests", 20000));
@@ -194,6 +206,7 @@ fn main() {
     drop(udp_server);
     churn::main(&so, rounds);
     nginx::main(&so, rounds, flag("--requests", 20000));
+    conntrack::rows(&so, n, rounds);
 }
 
 #[derive(Clone, Copy)]

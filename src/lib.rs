@@ -13,6 +13,7 @@ pub mod diag;
 pub mod elf;
 pub mod nft;
 pub mod plan;
+pub mod reserve;
 pub mod scope;
 pub mod sockdiag;
 pub mod stats;

@@ -3,7 +3,7 @@
 //! ruleset, for `nft -f -`).
 //!
 //! - `output` (priority 0, before NAT): a new flow from a slice IP whose source port is outside
-//!   that IP's slices is rejected — the program gets an immediate error.
+//!   that IP's slices is rejected (TCP with a reset) — the program gets an immediate error.
 //! - `postrouting` (priority `srcnat + 1`, after source NAT): the same, for what NAT rewrote
 //!   after the socket was bound (seed 004: conntrack moving a local flow off a 4-tuple that a
 //!   forwarded flow holds). `reject` is not allowed there, so it counts and drops. Only flows
@@ -48,9 +48,9 @@ pub fn guard_ruleset(slices: &[Slice]) -> String {
     out.push_str("  chain output {\n    type filter hook output priority 0; policy accept;\n");
     for (ip, ranges) in &by_ip {
         let fam = if ip.is_ipv4() { "ip" } else { "ip6" };
-        for proto in ["tcp", "udp"] {
+        for (proto, how) in [("tcp", "reject with tcp reset"), ("udp", "reject")] {
             out.push_str(&format!(
-                "    {fam} saddr {ip} ct state new {proto} sport != {} counter reject\n",
+                "    {fam} saddr {ip} ct state new {proto} sport != {} counter {how}\n",
                 set(ranges)
             ));
         }
@@ -90,7 +90,8 @@ mod tests {
         assert_eq!(rules.len(), 8, "{r}");
         assert_eq!(
             rules[0],
-            "ip saddr 198.51.100.10 ct state new tcp sport != { 60000-60009, 61000-61009 } counter reject"
+            "ip saddr 198.51.100.10 ct state new tcp sport != { 60000-60009, 61000-61009 } counter reject with \
+             tcp reset"
         );
         assert_eq!(rules[3], "ip6 saddr 2001:db8::1 ct state new udp sport != { 5000 } counter reject");
         assert_eq!(

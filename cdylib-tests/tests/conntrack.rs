@@ -13,6 +13,7 @@
 //! slice, and the server's recorder says where each came from.
 
 use cdylib_tests::*;
+use portrange::reserve::{Proto as ReserveProto, Reservation};
 use std::fs::File;
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
@@ -289,11 +290,12 @@ fn stats_line(path: &std::path::Path, out: &Output) -> String {
 /// settings: `PORTRANGE_CONNTRACK=auto`, `PORTRANGE_STRATEGY=auto`) all reach the server from
 /// inside the slice, and the shim met held tuples on the way. (Before issue 10, 113 of 200 TCP
 /// flows were NATed out of the slice.)
-fn no_flow_leaves_outside_the_slice(proto: &str) {
+fn no_flow_leaves_outside_the_slice(proto: &str, mode: &str) {
     let world = World::new();
     let dir = TempDir::new("conntrack");
     let stats = dir.path().join("stats");
-    let out = world.client(proto, FLOWS, "5", &[("PORTRANGE_STATS", stats.to_str().unwrap())], &[]);
+    let env = [("PORTRANGE_STATS", stats.to_str().unwrap()), ("PORTRANGE_CONNTRACK", mode)];
+    let out = world.client(proto, FLOWS, "5", &env, &[]);
     out.assert_success();
     let results = out.connects();
     assert_eq!(results.len(), FLOWS, "{proto}\n{}", out.dump());
@@ -332,13 +334,21 @@ fn no_flow_leaves_outside_the_slice(proto: &str) {
 #[test]
 fn tcp_flows_never_take_a_forwarded_tuple() {
     require!("ip", "nft");
-    no_flow_leaves_outside_the_slice("tcp");
+    no_flow_leaves_outside_the_slice("tcp", "auto");
+}
+
+/// The same with `PORTRANGE_CONNTRACK=verify`: look-ups before and after the connect, no
+/// reservation.
+#[test]
+fn tcp_flows_never_take_a_forwarded_tuple_verify_only() {
+    require!("ip", "nft");
+    no_flow_leaves_outside_the_slice("tcp", "verify");
 }
 
 #[test]
 fn udp_flows_never_take_a_forwarded_tuple() {
     require!("ip", "nft");
-    no_flow_leaves_outside_the_slice("udp");
+    no_flow_leaves_outside_the_slice("udp", "auto");
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -457,4 +467,66 @@ fn guard_drops_and_counts_rewritten_flows_without_ctnetlink() {
     assert!(out.stdout.starts_with("refused"), "the output rule did not reject:\n{}", out.dump());
     assert!(guard_count(&c, "output", "tcp") > 0, "output rule never counted");
     assert!(world.server.peers("tcp").iter().all(|p| p.port() != 62000));
+}
+
+// ---------------------------------------------------------------------------------------------
+// 3. The forwarder's side: a reserved 4-tuple is never taken, and free again once dropped
+// ---------------------------------------------------------------------------------------------
+
+const RESERVE_CLIENT_PY: &str = include_str!("../py/reserve_client.py");
+
+/// A forwarder reserves 8 of a 10-port slice's 4-tuples towards a server with
+/// `portrange::reserve` (TCP Fast Open sockets that never send). Under each TCP strategy, a
+/// program under the shim gets the 2 free ports, then EADDRNOTAVAIL; once the forwarder drops
+/// one reservation, the program's next connect gets exactly that port. The server never saw a
+/// connection from a reserved port, nor anything from the reservations themselves.
+#[test]
+fn reserved_tuples_are_never_taken_and_free_again_once_dropped() {
+    require!("ip");
+    in_private_netns(|| {
+        sh(&["ip", "link", "set", "lo", "up"]);
+        for strategy in ["kernel", "retry"] {
+            let rec = Recorder::hold("127.0.0.1");
+            let (lo, hi) = slice_ports(10);
+            let ip: std::net::IpAddr = "127.0.0.2".parse().unwrap();
+            let mut reservations: Vec<Option<Reservation>> = (lo + 2..=hi)
+                .map(|p| {
+                    Some(Reservation::new(ReserveProto::Tcp, SocketAddr::new(ip, p), rec.addr()).unwrap())
+                })
+                .collect();
+            let dir = TempDir::new("reserve");
+            let go = dir.path().join("go");
+            let run = Run::python(RESERVE_CLIENT_PY)
+                .args([rec.ip(), rec.port().to_string(), "3".into(), go.to_string_lossy().into_owned()])
+                .slice(&slice_spec("127.0.0.2", lo, hi))
+                .env("PORTRANGE_STRATEGY", strategy);
+            let waiting = dir.path().join("go.waiting");
+            let client = thread::spawn(move || run.run());
+            // The client made its first 3 connects and waits for the go.
+            let deadline = Instant::now() + Duration::from_secs(30);
+            while !waiting.exists() && Instant::now() < deadline {
+                thread::sleep(Duration::from_millis(10));
+            }
+            let first = rec.wait_for(2, PEER_WAIT);
+            let freed = lo + 5;
+            reservations[(freed - lo - 2) as usize] = None; // the forwarder drops one reservation
+            std::fs::write(&go, b"go").unwrap();
+            let out = client.join().unwrap();
+            out.assert_success();
+            let ctx = format!("{strategy}: {}", out.dump());
+            let r = out.connects();
+            assert_eq!(r.len(), 4, "{ctx}");
+            let mut ports: Vec<u16> = r[..2].iter().map(|c| c.result.expect("connected").port()).collect();
+            ports.sort_unstable();
+            assert_eq!(ports, [lo, lo + 1], "the free ports first, {ctx}");
+            assert_eq!(r[2].result, Err(EADDRNOTAVAIL), "every other tuple is reserved, {ctx}");
+            assert_eq!(r[3].result.map(|a| a.port()), Ok(freed), "the dropped reservation's port, {ctx}");
+            let peers = rec.wait_for(3, PEER_WAIT);
+            assert_eq!(first.len(), 2, "{ctx}");
+            let mut seen: Vec<u16> = peers.iter().map(|p| p.port()).collect();
+            seen.sort_unstable();
+            assert_eq!(seen, [lo, lo + 1, freed], "what the server saw, {ctx}");
+            drop(reservations);
+        }
+    });
 }

@@ -2,25 +2,29 @@
 //! conntrack is free for a socket, and a socket connected over it is silently NATed to another
 //! source port — outside the slice. Two checks, each called at one point of a strategy:
 //!
-//! - [`reserve`] before the connect: IPCTNL_MSG_CT_NEW (create|excl) of the flow's original and
-//!   reply tuples with a short timeout (the connect's first packet then finds this entry and
-//!   keeps its addresses). EEXIST means the tuple is held — unless the entry there is this
-//!   4-tuple's own stale one (same original tuple, not NATed). In `verify`-only mode: a CT_GET
-//!   of the would-be reply tuple instead (racy; verification closes the race).
+//! - [`reserve`] before the connect: a CT_GET of the would-be reply tuple — this 4-tuple's own
+//!   stale entry (same original tuple, not NATed: an earlier flow of ours) lets the connect go
+//!   ahead, anyone else's means "held"; when nobody answers, IPCTNL_MSG_CT_NEW (create|excl) of
+//!   the flow's original and reply tuples with a short timeout (race-free: EEXIST = held; the
+//!   connect's first packet then finds this entry and keeps its addresses). In `verify`-only
+//!   mode, look-ups only (racy; verification closes the race).
 //! - [`Reservation::settle`] after the connect: the reservation is deleted where the connect did
-//!   not happen; with verification, the flow's own entry is looked up and a flow whose source
-//!   was rewritten is aborted (RST on close), so the strategy places it again on another port.
+//!   not happen; with verification (unless this attempt created the entry), the flow's own entry
+//!   is looked up and a flow whose source was rewritten is aborted (RST on close), so the
+//!   strategy places it again on another port.
 //!
 //! The plan (reserve, verify, both, neither) is decided once per process ([`init`]); while it is
-//! off, both calls are one atomic load. Each request has a netlink socket of its own, as in
-//! `sys::diag`.
+//! off, both calls are one atomic load. The netlink socket is handled as in `sys::diag`.
 
 use crate::real;
 use crate::stats::{self, C};
 use libc::c_int;
 use portrange_lib::conntrack::{self as ct, Answer, Entry, Plan, Tuple};
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU8, Ordering::Relaxed};
+use std::sync::atomic::{
+    AtomicBool, AtomicU32, AtomicU64, AtomicU8,
+    Ordering::{Acquire, Relaxed, Release},
+};
 
 /// How long an entry made for a connect lives unless packets refresh it: TCP's SYN does at once
 /// (SYN_SENT timeout); a UDP socket may connect some time before its first datagram.
@@ -66,40 +70,38 @@ pub fn reserve(proto: c_int, local: SocketAddr, dst: SocketAddr) -> Result<Reser
     let plan = PLAN.load(Relaxed);
     let tuple = Tuple::new(proto as u8, local, dst);
     let mut r = Reservation { tuple, plan, made: false };
+    if plan == 0 {
+        return Ok(r);
+    }
+    let held = |by: &str| {
+        stats::bump(C::conntrack_held);
+        log::debug!("{local} → {dst}: 4-tuple held in conntrack{by}; another port");
+        Err(Held)
+    };
+    // Who answers to our reply tuple? A busy client mostly finds its own stale entry of this
+    // 4-tuple (an earlier flow, not NATed): then the connect goes ahead on it (and is verified).
+    match ask(&mut ct::get_request(0, &tuple.inverse(), true)) {
+        Ok(Answer::Entry(e)) if is_own(&e, &tuple) => return Ok(r),
+        Ok(Answer::Entry(e)) => return held(&format!(" by {} → {}", e.orig.src, e.orig.dst)),
+        Ok(Answer::Status(libc::ENOENT)) => {}
+        other => trouble("look-up", other),
+    }
     if plan & RESERVE != 0 {
+        // Nobody: reserve both tuples. EEXIST now is a flow that came in between, or an entry of
+        // this very 4-tuple that was NATed (a rewritten flow of ours, not yet expired).
         let timeout = if proto == libc::IPPROTO_TCP { TIMEOUT_TCP_S } else { TIMEOUT_UDP_S };
         match ask(&mut ct::new_request(0, &tuple, timeout)) {
             Ok(Answer::Status(0)) => {
                 stats::bump(C::conntrack_reserved);
                 r.made = true;
             }
-            Ok(Answer::Status(libc::EEXIST)) => {
-                if !own_stale(&tuple) {
-                    stats::bump(C::conntrack_held);
-                    log::debug!("{local} → {dst}: 4-tuple held in conntrack; another port");
-                    return Err(Held);
-                }
-            }
+            Ok(Answer::Status(libc::EEXIST)) => return held(""),
             other => trouble("create", other),
         }
-    } else if plan & VERIFY != 0 {
-        // Does an entry already answer to our reply tuple (a forwarded flow NATed onto it)?
-        match ask(&mut ct::get_request(0, &tuple.inverse(), true)) {
-            Ok(Answer::Entry(e)) if !is_own(&e, &tuple) => {
-                stats::bump(C::conntrack_held);
-                log::debug!("{local} → {dst}: 4-tuple held in conntrack by {:?}; another port", e.orig);
-                return Err(Held);
-            }
-            Ok(Answer::Entry(_)) | Ok(Answer::Status(libc::ENOENT)) => {}
-            other => trouble("look-up", other),
-        }
-        // An entry of this very 4-tuple that was NATed (a rewritten flow of ours, not yet
-        // expired) would take the new flow with it.
-        if let Ok(Answer::Entry(e)) = ask(&mut ct::get_request(0, &tuple, false)) {
-            if !is_own(&e, &tuple) {
-                stats::bump(C::conntrack_held);
-                return Err(Held);
-            }
+    } else if let Ok(Answer::Entry(e)) = ask(&mut ct::get_request(0, &tuple, false)) {
+        // Verify only: an entry of this very 4-tuple that was NATed would take the flow with it.
+        if !is_own(&e, &tuple) {
+            return held(" (NATed)");
         }
     }
     Ok(r)
@@ -138,7 +140,9 @@ impl Reservation {
             }
             return Ok(());
         }
-        if self.plan & VERIFY == 0 {
+        // An entry this attempt created (create|excl) has fixed, unrewritten tuples, and the
+        // connect's first packet found it: there is nothing to verify.
+        if self.plan & VERIFY == 0 || self.made {
             return Ok(());
         }
         let entry = match ask(&mut ct::get_request(0, &self.tuple, false)) {
@@ -179,11 +183,6 @@ fn is_own(e: &Entry, t: &Tuple) -> bool {
     e.orig == *t && e.rewritten_source().is_none()
 }
 
-/// After EEXIST: is the entry in the way this 4-tuple's own stale one?
-fn own_stale(t: &Tuple) -> bool {
-    matches!(ask(&mut ct::get_request(0, t, false)), Ok(Answer::Entry(e)) if is_own(&e, t))
-}
-
 /// An unexpected answer: logged once; the placement goes on (verification, where enabled,
 /// and the nftables guard still apply).
 fn trouble(what: &str, a: Result<Answer, c_int>) {
@@ -198,16 +197,24 @@ fn trouble(what: &str, a: Result<Answer, c_int>) {
 }
 
 // ---------------------------------------------------------------------------------------------
-// The netlink socket: one per request, as in `sys::diag`
+// The netlink socket: as in `sys::diag`, never shared by two users at once
 // ---------------------------------------------------------------------------------------------
 //
-// Opened for one request in the calling thread's network namespace and closed after it: nothing
-// shared between threads or across fork, no lock. The number is checked to still hold our socket
-// (device, inode) before the send and before the close; ctnetlink answers inside the `sendto`
-// call, so the reply is peeked without waiting (MSG_PEEK | MSG_DONTWAIT) and accepted only from
-// the kernel's netlink address.
+// A request takes the process's idle NETLINK_NETFILTER socket from a one-slot lock-free pool (or
+// opens one in the calling thread's network namespace) and puts it back when done: two threads,
+// or a signal handler and the code it interrupted, never use one socket at the same time, and a
+// fork child never uses its parent's (the slot carries the owner's pid). The number is checked
+// to still hold our socket (device, inode) when taken, before dropping a read reply and before
+// closing. ctnetlink answers inside the `sendto` call, so the reply is peeked without waiting
+// (MSG_PEEK | MSG_DONTWAIT), accepted only from the kernel's netlink address, then dropped from
+// the queue. Raw syscalls: no cancellation point, no hook.
 
 static SEQ: AtomicU32 = AtomicU32::new(1);
+/// The idle socket: `pid << 32 | (fd + 1)` (0 = empty; FILLING while its identity is written).
+static SLOT: AtomicU64 = AtomicU64::new(0);
+static SLOT_DEV: AtomicU64 = AtomicU64::new(0);
+static SLOT_INO: AtomicU64 = AtomicU64::new(0);
+const FILLING: u64 = u64::MAX;
 
 fn identity(fd: c_int) -> Option<(u64, u64)> {
     // SAFETY: fstat into a zeroed struct; any fd number is acceptable to fstat.
@@ -216,14 +223,37 @@ fn identity(fd: c_int) -> Option<(u64, u64)> {
     (unsafe { libc::fstat(fd, &mut st) } == 0).then_some((st.st_dev, st.st_ino))
 }
 
-/// A NETLINK_NETFILTER socket for one request, closed on drop if the number is still ours.
+fn close_raw(fd: c_int) {
+    // SAFETY: closes a descriptor the caller checked to be our own socket.
+    unsafe { libc::syscall(libc::SYS_close, fd) };
+}
+
+fn pid() -> i32 {
+    // SAFETY: getpid has no preconditions.
+    unsafe { libc::getpid() }
+}
+
+/// A NETLINK_NETFILTER socket for one request, given back to the slot on drop if the request
+/// went well (closed otherwise, if the number is still ours).
 struct Netlink {
     fd: c_int,
     id: (u64, u64),
+    ok: bool,
 }
 
 impl Netlink {
-    fn open() -> Result<Netlink, c_int> {
+    fn get() -> Result<Netlink, c_int> {
+        let v = SLOT.load(Relaxed);
+        if v != 0 && v != FILLING && SLOT.compare_exchange(v, 0, Acquire, Relaxed).is_ok() {
+            let (owner, fd) = ((v >> 32) as i32, (v as u32 as c_int) - 1);
+            let id = (SLOT_DEV.load(Relaxed), SLOT_INO.load(Relaxed));
+            if identity(fd) == Some(id) {
+                if owner == pid() {
+                    return Ok(Netlink { fd, id, ok: false });
+                }
+                close_raw(fd); // the parent's, inherited through fork: this copy goes
+            }
+        }
         // SAFETY: a plain socket() call.
         let fd = unsafe {
             libc::socket(
@@ -235,7 +265,7 @@ impl Netlink {
         if fd < 0 {
             return Err(crate::errno::get());
         }
-        identity(fd).map(|id| Netlink { fd, id }).ok_or(libc::EBADF)
+        identity(fd).map(|id| Netlink { fd, id, ok: false }).ok_or(libc::EBADF)
     }
 
     fn ours(&self) -> Result<c_int, c_int> {
@@ -249,16 +279,27 @@ impl Netlink {
 
 impl Drop for Netlink {
     fn drop(&mut self) {
+        if self.ok && SLOT.compare_exchange(0, FILLING, Relaxed, Relaxed).is_ok() {
+            SLOT_DEV.store(self.id.0, Relaxed);
+            SLOT_INO.store(self.id.1, Relaxed);
+            SLOT.store((pid() as u32 as u64) << 32 | (self.fd as u32 as u64 + 1), Release);
+            return;
+        }
         if let Ok(fd) = self.ours() {
-            // SAFETY: the number still refers to our own socket.
-            unsafe { real::close(fd) };
+            close_raw(fd);
         }
     }
 }
 
 /// Send one request and read its answer (the entry, or the status).
 fn ask(msg: &mut ct::Msg) -> Result<Answer, c_int> {
-    let nl = Netlink::open()?;
+    let mut nl = Netlink::get()?;
+    let r = ask_on(&nl, msg);
+    nl.ok = r.is_ok();
+    r
+}
+
+fn ask_on(nl: &Netlink, msg: &mut ct::Msg) -> Result<Answer, c_int> {
     let seq = SEQ.fetch_add(1, Relaxed);
     msg.set_seq(seq);
     let b = msg.bytes();
@@ -268,12 +309,13 @@ fn ask(msg: &mut ct::Msg) -> Result<Answer, c_int> {
     let fd = nl.ours()?;
     // SAFETY: b and kernel are valid for their sizes; fd was checked to be our socket.
     let n = unsafe {
-        real::sendto(
+        libc::syscall(
+            libc::SYS_sendto,
             fd,
-            b.as_ptr().cast(),
+            b.as_ptr().cast::<libc::c_void>(),
             b.len(),
             libc::MSG_DONTWAIT,
-            (&kernel as *const libc::sockaddr_nl).cast(),
+            (&kernel as *const libc::sockaddr_nl).cast::<libc::sockaddr>(),
             std::mem::size_of::<libc::sockaddr_nl>() as libc::socklen_t,
         )
     };
@@ -292,7 +334,14 @@ fn ask(msg: &mut ct::Msg) -> Result<Answer, c_int> {
     mh.msg_iovlen = 1;
     let n = loop {
         // SAFETY: mh points at valid buffers for its whole use.
-        let n = unsafe { libc::recvmsg(fd, &mut mh, libc::MSG_PEEK | libc::MSG_DONTWAIT) };
+        let n = unsafe {
+            libc::syscall(
+                libc::SYS_recvmsg,
+                fd,
+                &mut mh as *mut libc::msghdr,
+                libc::MSG_PEEK | libc::MSG_DONTWAIT,
+            )
+        };
         if n < 0 && crate::errno::get() == libc::EINTR {
             continue;
         }
@@ -303,6 +352,22 @@ fn ask(msg: &mut ct::Msg) -> Result<Answer, c_int> {
     }
     if from.nl_family != libc::AF_NETLINK as u16 || from.nl_pid != 0 {
         return Err(libc::EPROTO);
+    }
+    {
+        // The socket serves the next request too: drop this reply from its queue.
+        let fd = nl.ours()?;
+        // SAFETY: a raw recvfrom with no buffer and no address on our own socket.
+        unsafe {
+            libc::syscall(
+                libc::SYS_recvfrom,
+                fd,
+                std::ptr::null_mut::<libc::c_void>(),
+                0usize,
+                libc::MSG_DONTWAIT | libc::MSG_TRUNC,
+                std::ptr::null_mut::<libc::sockaddr>(),
+                std::ptr::null_mut::<libc::socklen_t>(),
+            )
+        };
     }
     // SAFETY: n bytes of buf were written.
     let bytes = unsafe { std::slice::from_raw_parts(buf.as_ptr().cast::<u8>(), n as usize) };
@@ -342,7 +407,11 @@ mod tests {
             );
             let ok = std::process::Command::new("ip").args(["link", "set", "lo", "up"]).status();
             assert!(ok.is_ok_and(|s| s.success()), "ip link set lo up");
-            f()
+            f();
+            // The idle socket belongs to this namespace: not for the next test.
+            if let Ok(nl) = Netlink::get() {
+                drop(Netlink { ok: false, ..nl });
+            }
         })
         .join()
         .unwrap_or_else(|p| std::panic::resume_unwind(p))
