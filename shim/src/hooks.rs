@@ -162,20 +162,128 @@ pub unsafe extern "C-unwind" fn sendmmsg(
     (unsafe { drive(first, libc::EAGAIN, e0, || real::sendmmsg(fd, msgs, n, flags) as isize) }) as c_int
 }
 
-/// Forget the descriptor, then close it from this frame (close is a cancellation point).
+/// A socket's life starts here: a number that held another socket has its stale entry dropped
+/// (one atomic load when it held none). Entries are validated by identity when read, so close(),
+/// close_range() and closefrom() need no hook at all.
 #[no_mangle]
-pub unsafe extern "C-unwind" fn close(fd: c_int) -> c_int {
-    if crate::fdtable::occupied(fd) {
-        let e0 = errno::get();
-        inside(|nested| {
-            if !nested {
-                fds::closing(fd)
-            }
-        });
-        errno::set(e0);
-    }
+pub unsafe extern "C-unwind" fn socket(domain: c_int, ty: c_int, protocol: c_int) -> c_int {
     // SAFETY: the program's own arguments, passed on unchanged to the real function.
-    unsafe { real::close(fd) }
+    let fd = unsafe { real::socket(domain, ty, protocol) };
+    born(fd)
+}
+
+/// accept is a cancellation point: the call is made from this frame, which holds plain data.
+#[no_mangle]
+pub unsafe extern "C-unwind" fn accept(fd: c_int, addr: *mut sockaddr, len: *mut socklen_t) -> c_int {
+    // SAFETY: the program's own arguments, passed on unchanged to the real function.
+    let s = unsafe { real::accept(fd, addr, len) };
+    born(s)
+}
+
+#[no_mangle]
+pub unsafe extern "C-unwind" fn accept4(fd: c_int, addr: *mut sockaddr, len: *mut socklen_t, flags: c_int) -> c_int {
+    // SAFETY: the program's own arguments, passed on unchanged to the real function.
+    let s = unsafe { real::accept4(fd, addr, len, flags) };
+    born(s)
+}
+
+#[inline(always)]
+fn born(fd: c_int) -> c_int {
+    if fd >= 0 && crate::fdtable::occupied(fd) {
+        crate::fdtable::clear(fd);
+    }
+    fd
+}
+
+/// After a dup of `old` into `new`: the new number describes the same socket (atomics only).
+#[inline(always)]
+fn duped(old: c_int, new: c_int) {
+    if new >= 0 && old != new && crate::fdtable::occupied(old) {
+        crate::fdtable::copy(old, new);
+    }
+}
+
+#[no_mangle]
+pub unsafe extern "C-unwind" fn dup(fd: c_int) -> c_int {
+    // SAFETY: the program's own arguments, passed on unchanged to the real function.
+    let r = unsafe { real::dup(fd) };
+    duped(fd, r);
+    r
+}
+
+#[no_mangle]
+pub unsafe extern "C-unwind" fn dup2(old: c_int, new: c_int) -> c_int {
+    // SAFETY: the program's own arguments, passed on unchanged to the real function.
+    let r = unsafe { real::dup2(old, new) };
+    duped(old, r);
+    r
+}
+
+#[no_mangle]
+pub unsafe extern "C-unwind" fn dup3(old: c_int, new: c_int, flags: c_int) -> c_int {
+    // SAFETY: the program's own arguments, passed on unchanged to the real function.
+    let r = unsafe { real::dup3(old, new, flags) };
+    duped(old, r);
+    r
+}
+
+/// Options a swap reads back from the program's socket need no bookkeeping: only the three the
+/// shim changes, and options a swap cannot carry over, are recorded (inside the shim).
+#[no_mangle]
+pub unsafe extern "C-unwind" fn setsockopt(
+    fd: c_int,
+    level: c_int,
+    name: c_int,
+    val: *const c_void,
+    len: socklen_t,
+) -> c_int {
+    if !engaged() || crate::sys::options::replayable(level, name) {
+        // SAFETY: the program's own arguments, passed on unchanged to the real function.
+        return unsafe { real::setsockopt(fd, level, name, val, len) };
+    }
+    // SAFETY: the program's own arguments (valid as setsockopt requires).
+    match inside(|nested| unsafe {
+        if nested {
+            real::setsockopt(fd, level, name, val, len)
+        } else {
+            options::setsockopt(fd, level, name, val, len)
+        }
+    }) {
+        Some(r) => r,
+        None => {
+            errno::set(libc::EINVAL);
+            -1
+        }
+    }
+}
+
+/// The program's own values of the options the shim changed; anything else passes straight on.
+#[no_mangle]
+pub unsafe extern "C-unwind" fn getsockopt(
+    fd: c_int,
+    level: c_int,
+    name: c_int,
+    val: *mut c_void,
+    len: *mut socklen_t,
+) -> c_int {
+    if !crate::sys::options::managed(level, name) || !crate::fdtable::occupied(fd) || !engaged() {
+        // SAFETY: the program's own arguments, passed on unchanged to the real function.
+        return unsafe { real::getsockopt(fd, level, name, val, len) };
+    }
+    // SAFETY: the program's own arguments (valid as getsockopt requires).
+    match inside(|nested| unsafe {
+        if nested {
+            real::getsockopt(fd, level, name, val, len)
+        } else {
+            options::getsockopt(fd, level, name, val, len)
+        }
+    }) {
+        Some(r) => r,
+        None => {
+            errno::set(libc::EINVAL);
+            -1
+        }
+    }
 }
 
 /// fcntl is variadic; its third argument is always passed in an integer register on the ABIs
@@ -198,14 +306,8 @@ pub unsafe extern "C-unwind" fn fcntl64(fd: c_int, cmd: c_int, arg: c_ulong) -> 
 
 #[inline(always)]
 fn fcntl_done(fd: c_int, cmd: c_int, r: c_int) -> c_int {
-    if r >= 0 && matches!(cmd, libc::F_DUPFD | libc::F_DUPFD_CLOEXEC) && engaged() {
-        let e0 = errno::get();
-        inside(|nested| {
-            if !nested {
-                fds::fcntl_done(fd, cmd, r)
-            }
-        });
-        errno::set(e0);
+    if matches!(cmd, libc::F_DUPFD | libc::F_DUPFD_CLOEXEC) {
+        duped(fd, r);
     }
     r
 }
@@ -240,33 +342,7 @@ hook! {
     fn listen(fd: c_int, backlog: c_int) -> c_int = bind::listen(fd, backlog), on_panic = libc::EINVAL;
     fn getsockname(fd: c_int, addr: *mut sockaddr, len: *mut socklen_t) -> c_int
         = bind::getsockname(fd, addr, len), on_panic = libc::EBADF;
-    /// Records the program's own values of the options the shim changes.
-    fn setsockopt(fd: c_int, level: c_int, name: c_int, val: *const c_void, len: socklen_t) -> c_int
-        = options::setsockopt(fd, level, name, val, len), on_panic = libc::EINVAL;
-    /// Reports the program's own values of the options the shim changed.
-    fn getsockopt(fd: c_int, level: c_int, name: c_int, val: *mut c_void, len: *mut socklen_t) -> c_int
-        = options::getsockopt(fd, level, name, val, len), on_panic = libc::EINVAL;
     /// Records the program's registration (a swapped socket is registered again).
     fn epoll_ctl(epfd: c_int, op: c_int, fd: c_int, ev: *mut libc::epoll_event) -> c_int
         = fds::epoll_ctl(epfd, op, fd, ev), on_panic = libc::EINVAL;
-    /// Per-fd bookkeeping: lock-free, allocation-free, no logging.
-    fn dup(fd: c_int) -> c_int = fds::dup(fd), on_panic = libc::EBADF;
-    fn dup2(old: c_int, new: c_int) -> c_int = fds::dup2(old, new), on_panic = libc::EBADF;
-    fn dup3(old: c_int, new: c_int, flags: c_int) -> c_int = fds::dup3(old, new, flags), on_panic = libc::EBADF;
-    fn close_range(first: c_uint, last: c_uint, flags: c_int) -> c_int
-        = fds::close_range(first, last, flags), on_panic = libc::EINVAL;
-}
-
-/// glibc's `void closefrom(int)`.
-#[no_mangle]
-pub unsafe extern "C-unwind" fn closefrom(low: c_int) {
-    if engaged() {
-        inside(|nested| {
-            if !nested {
-                fds::forget_from(low)
-            }
-        });
-    }
-    // SAFETY: the program's own arguments, passed on unchanged to the real function.
-    unsafe { real::closefrom(low) }
 }

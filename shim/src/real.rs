@@ -50,8 +50,9 @@ mod slot {
         dup3,
         fcntl,
         fcntl64,
-        close_range,
-        closefrom
+        socket,
+        accept,
+        accept4
     );
 }
 
@@ -81,7 +82,6 @@ macro_rules! real {
         /// Resolve every real function now (the initialisation calls this once per process).
         pub fn resolve_all() {
             $( resolve(&slot::$name, &[$($sym),+]); )*
-            resolve(&slot::closefrom, &[c"closefrom"]);
         }
     };
 }
@@ -103,20 +103,7 @@ real! {
     dup3 [c"dup3"]: fn(old: c_int, new: c_int, flags: c_int) -> c_int;
     fcntl [c"fcntl"]: fn(fd: c_int, cmd: c_int, arg: c_ulong) -> c_int;
     fcntl64 [c"fcntl64", c"fcntl"]: fn(fd: c_int, cmd: c_int, arg: c_ulong) -> c_int;
-    close_range [c"close_range"]: fn(first: c_uint, last: c_uint, flags: c_int) -> c_int;
-}
-
-/// `closefrom` returns nothing, so it has its own wrapper.
-///
-/// # Safety
-/// As glibc's `closefrom`: the caller must own every descriptor from `lowfd` up.
-pub unsafe fn closefrom(lowfd: c_int) {
-    let p = resolve(&slot::closefrom, &[c"closefrom"]);
-    if !p.is_null() {
-        // SAFETY: glibc's `void closefrom(int)`; the caller upholds its contract.
-        unsafe {
-            let f: unsafe extern "C" fn(c_int) = std::mem::transmute(p);
-            f(lowfd)
-        }
-    }
+    socket [c"socket"]: fn(domain: c_int, ty: c_int, protocol: c_int) -> c_int;
+    accept [c"accept"]: fn(fd: c_int, addr: *mut sockaddr, len: *mut socklen_t) -> c_int;
+    accept4 [c"accept4"]: fn(fd: c_int, addr: *mut sockaddr, len: *mut socklen_t, flags: c_int) -> c_int;
 }

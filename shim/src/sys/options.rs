@@ -1,10 +1,11 @@
 //! Socket options a swap carries over from the program's socket to a fresh one.
 //!
-//! The setsockopt hook marks which of these the program set (a bit per row, in the fd table);
-//! a swap reads each marked option's current value from the old socket and sets it on the new
-//! one, before the new one connects (SO_RCVBUF shapes the SYN's window, SO_MARK the route).
-//! Options outside this table (BPF filters, multicast memberships, TCP_MD5SIG, ...) cannot be
-//! copied this way: a swap of such a socket fails the connect, naming the option.
+//! No bookkeeping: a swap reads every option of this table back from the old socket (the kernel
+//! has them) and sets on the new one those whose value differs from a fresh socket's, before the
+//! new one connects (SO_RCVBUF shapes the SYN's window, SO_MARK the route). So the setsockopt
+//! hook passes these straight through ([`replayable`]: two bit tests). Options outside this
+//! table (BPF filters, multicast memberships, TCP_MD5SIG, ...) cannot be read back: the hook
+//! records them, and a swap of such a socket fails the connect, naming the option.
 
 use crate::real;
 use libc::{c_int, socklen_t};
@@ -92,6 +93,37 @@ const REPLAY: &[(c_int, c_int, Kind)] = &[
 
 const _: () = assert!(REPLAY.len() <= 64, "one bit per option in a u64");
 
+/// The replayable option names of `level`, as bits of a u128 (every name in the table is < 128).
+const fn mask(level: c_int) -> u128 {
+    let mut m = 0u128;
+    let mut i = 0;
+    while i < REPLAY.len() {
+        if REPLAY[i].0 == level {
+            assert!(REPLAY[i].1 >= 0 && REPLAY[i].1 < 128);
+            m |= 1 << REPLAY[i].1;
+        }
+        i += 1;
+    }
+    m
+}
+const MASK_S: u128 = mask(S);
+const MASK_T: u128 = mask(T);
+const MASK_I: u128 = mask(I);
+const MASK_V6: u128 = mask(V6);
+
+/// Whether a swap carries this option over by reading it back (no bookkeeping needed).
+#[inline(always)]
+pub fn replayable(level: c_int, name: c_int) -> bool {
+    let m = match level {
+        S => MASK_S,
+        T => MASK_T,
+        I => MASK_I,
+        V6 => MASK_V6,
+        _ => return false,
+    };
+    (0..128).contains(&name) && m & (1u128 << name) != 0
+}
+
 /// Options the shim manages itself (their program-visible value is kept separately).
 pub fn managed(level: c_int, name: c_int) -> bool {
     matches!(
@@ -119,28 +151,49 @@ pub fn describe(level: c_int, name: c_int) -> String {
     format!("{lvl} option {name}")
 }
 
-/// Copy every option in `mask` from `old` to `new`. `Err((level, name))`: that one failed.
-pub fn replay(old: c_int, new: c_int, mask: u64) -> Result<(), (c_int, c_int)> {
-    for (i, &(level, name, kind)) in REPLAY.iter().enumerate() {
-        if mask & (1 << i) == 0 {
+/// Read an option into `buf`; its length, or `None` if the socket has no such option.
+fn get(fd: c_int, level: c_int, name: c_int, buf: &mut [u8; 64]) -> Option<socklen_t> {
+    let mut len = buf.len() as socklen_t;
+    // SAFETY: buf is writable for len bytes.
+    let r = unsafe { real::getsockopt(fd, level, name, buf.as_mut_ptr().cast(), &mut len) };
+    (r == 0).then_some(len)
+}
+
+fn set(fd: c_int, level: c_int, name: c_int, buf: &[u8], len: socklen_t) -> bool {
+    // SAFETY: buf holds len bytes.
+    unsafe { real::setsockopt(fd, level, name, buf.as_ptr().cast(), len) == 0 }
+}
+
+/// Copy to `new` every option of the table whose value on `old` differs from `new`'s (a fresh
+/// socket's). `Err((level, name))`: that one could not be set. (`_recorded`: unused, options are
+/// read back.)
+pub fn replay(old: c_int, new: c_int, _recorded: u64) -> Result<(), (c_int, c_int)> {
+    for &(level, name, kind) in REPLAY {
+        if matches!(kind, Kind::ForceOf(_)) {
+            continue; // read back through the plain option (below)
+        }
+        let (mut a, mut b) = ([0u8; 64], [0u8; 64]);
+        let Some(la) = get(old, level, name, &mut a) else { continue };
+        let Some(lb) = get(new, level, name, &mut b) else { continue };
+        if la == lb && a[..la as usize] == b[..lb as usize] {
             continue;
         }
-        let mut buf = [0u8; 64];
-        let mut len = buf.len() as socklen_t;
-        let get_name = match kind {
-            Kind::ForceOf(n) => n,
-            _ => name,
-        };
-        // SAFETY: buf is writable for len bytes.
-        if unsafe { real::getsockopt(old, level, get_name, buf.as_mut_ptr().cast(), &mut len) } != 0 {
-            return Err((level, name));
+        if kind == Kind::Halved && la >= 4 {
+            // The kernel doubles what is set and reports the doubled value; above the sysctl
+            // maximum only the FORCE variant (CAP_NET_ADMIN) sets it.
+            let v = i32::from_ne_bytes([a[0], a[1], a[2], a[3]]) / 2;
+            let bytes = v.to_ne_bytes();
+            let force = if name == libc::SO_RCVBUF { libc::SO_RCVBUFFORCE } else { libc::SO_SNDBUFFORCE };
+            let mut c = [0u8; 64];
+            let ok = set(new, level, name, &bytes, 4)
+                && (get(new, level, name, &mut c) == Some(la) && c[..4] == a[..4]
+                    || set(new, level, force, &bytes, 4));
+            if !ok {
+                return Err((level, name));
+            }
+            continue;
         }
-        if kind != Kind::Plain && len as usize >= 4 {
-            let v = i32::from_ne_bytes([buf[0], buf[1], buf[2], buf[3]]) / 2;
-            buf[..4].copy_from_slice(&v.to_ne_bytes());
-        }
-        // SAFETY: buf holds len bytes read from the kernel.
-        if unsafe { real::setsockopt(new, level, name, buf.as_ptr().cast(), len) } != 0 {
+        if !set(new, level, name, &a, la) {
             return Err((level, name));
         }
     }
@@ -164,7 +217,6 @@ mod tests {
             set_u32(old, T, libc::TCP_KEEPIDLE, 77).unwrap();
             let cc = b"reno\0";
             libc::setsockopt(old, T, libc::TCP_CONGESTION, cc.as_ptr().cast(), cc.len() as u32);
-            let mut mask = 0;
             for (l, n) in [
                 (T, libc::TCP_NODELAY),
                 (S, libc::SO_KEEPALIVE),
@@ -173,9 +225,10 @@ mod tests {
                 (T, libc::TCP_KEEPIDLE),
                 (T, libc::TCP_CONGESTION),
             ] {
-                mask |= 1 << bit(l, n).unwrap();
+                assert!(bit(l, n).is_some() && replayable(l, n));
             }
-            replay(old, new, mask).unwrap();
+            // Read back: the recorded mask is not needed.
+            replay(old, new, 0).unwrap();
             for (l, n) in [
                 (T, libc::TCP_NODELAY),
                 (S, libc::SO_KEEPALIVE),
@@ -200,6 +253,9 @@ mod tests {
         assert!(bit(I, libc::IP_ADD_MEMBERSHIP).is_none());
         assert!(managed(S, libc::SO_REUSEADDR));
         assert!(bit(S, libc::SO_REUSEADDR).is_none());
+        assert!(!replayable(S, libc::SO_REUSEADDR) && !replayable(S, libc::SO_ATTACH_FILTER));
+        assert!(replayable(V6, libc::IPV6_TCLASS) && replayable(T, libc::TCP_NODELAY));
+        assert!(!replayable(S, -1) && !replayable(S, 500) && !replayable(99, 1));
         assert_eq!(describe(S, 26), "SOL_SOCKET option 26");
     }
 }
