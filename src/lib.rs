@@ -12,6 +12,7 @@ pub mod conntrack;
 pub mod diag;
 pub mod elf;
 pub mod nft;
+pub mod placement;
 pub mod plan;
 pub mod reserve;
 pub mod scope;

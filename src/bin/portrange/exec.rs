@@ -6,6 +6,7 @@
 //! can reach it at all (static, Go, musl, set-id/capabilities) — if not, a warning says so.
 
 use crate::evaluate::evaluate;
+use crate::exec_cgroup;
 use crate::flags::shim_flags;
 use crate::preload::{ld_preload, so_path};
 use portrange::elf;
@@ -16,7 +17,7 @@ use std::process::{Command, ExitCode};
 
 pub const HELP: &str = "\
 usage: portrange exec [--slice IP:LO-HI ...] [--skip CIDR ...] [--strategy auto|kernel|retry]
-                      [--conntrack auto|reserve|verify|off] [--log LEVEL] [--stats PATH]
+                      [--conntrack auto|reserve|verify|off] [--log LEVEL] [--stats PATH] [--cgroup] [--allow-unplaced]
                       [--] PROGRAM [ARGS...]
 
 Run PROGRAM with libportrange.so preloaded, so that its outgoing TCP and UDP flows leave from the
@@ -28,7 +29,10 @@ assigned to this host).
 
 Before starting PROGRAM, its ELF headers are read: a statically linked, Go or musl program, or a
 set-user-ID/set-group-ID/file-capability one (the loader ignores LD_PRELOAD for these), cannot be
-reached by the shim, and a warning says so.
+reached by the shim: it runs in a fresh cgroup v2 group with the BPF placement attached (as
+`portrange cgroup attach`; --cgroup does this for any program, e.g. an io_uring one). Where the
+placement cannot be had (no cgroup v2, no permission to load BPF) the program is not started
+(125), unless --allow-unplaced: then it runs with a warning.
 
 The library is $PORTRANGE_SO, else libportrange.so next to this executable, in ../lib/portrange/,
 in ../lib/, or /usr/lib/portrange/ (the package's path), in that order.
@@ -48,7 +52,7 @@ fn fail(code: u8, msg: impl std::fmt::Display) -> ExitCode {
 }
 
 pub fn run(args: &[OsString]) -> ExitCode {
-    let (flags, mut i) = match shim_flags(args, &[]) {
+    let (flags, mut i) = match shim_flags(args, &["--cgroup", "--allow-unplaced"]) {
         Ok(v) => v,
         Err(e) => return fail(EXIT_LAUNCHER, format!("{e} (see portrange exec --help)")),
     };
@@ -101,7 +105,18 @@ pub fn run(args: &[OsString]) -> ExitCode {
         }
         Ok(_) => {}
     }
-    for o in elf::obstacles(&resolved, path_var.as_deref()) {
+    let obstacles = elf::obstacles(&resolved, path_var.as_deref());
+    // What LD_PRELOAD cannot reach runs under the cgroup BPF placement (exec_cgroup.rs).
+    let switch = |f: &str| args[..i].iter().any(|a| a == f);
+    if let (true, Some(cfg)) = (switch("--cgroup") || !obstacles.is_empty(), ev.config()) {
+        let allow = switch("--allow-unplaced");
+        if let Some(code) =
+            exec_cgroup::place_or_refuse(&resolved, program, &args[i + 1..], cfg, &obstacles, allow)
+        {
+            return code;
+        }
+    }
+    for o in obstacles {
         eprintln!(
             "portrange exec: warning: {} cannot be reached by LD_PRELOAD: {o}; its flows will NOT be \
              kept in the slice (the cgroup placement or the nftables guard covers such programs)",

@@ -4,10 +4,13 @@
 //! One file per command, each with its `run` and its `HELP`; this file only dispatches and holds
 //! the overall usage text.
 
+mod bpf;
+mod cgroup;
 mod check;
 mod demo;
 mod evaluate;
 mod exec;
+mod exec_cgroup;
 mod flags;
 mod plan;
 mod preload;
@@ -34,6 +37,9 @@ usage:
   portrange stats FILE [--prometheus]
                               summarise PORTRANGE_STATS lines per program
   portrange demo              the shim at work on this machine, no set-up (loopback only)
+  portrange cgroup attach|detach|status CGROUP [--slice IP:LO-HI ...] [--skip CIDR ...]
+                              place every flow of a cgroup v2 group with a BPF program (static,
+                              Go, io_uring programs: what LD_PRELOAD cannot reach)
   portrange help COMMAND      (or COMMAND --help) the details of one command
   portrange --version
 
@@ -53,6 +59,11 @@ environment (the flags of exec and check override these):
   PORTRANGE_PRECHECK   on (default) / off: the retry strategy's sock_diag look-up before a bind
   PORTRANGE_SO         the library exec and demo load; default: libportrange.so next to this
                        executable, then ../lib/portrange/, ../lib/, /usr/lib/portrange/
+  PORTRANGE_BPFFS      cgroup placement: the BPF filesystem for pins (default /sys/fs/bpf)
+  PORTRANGE_CGROUP_ROOT  exec's cgroup placement: where its group is made (default: under
+                       this process's own group in the first cgroup v2 mount)
+  PORTRANGE_EXEC_COUNTERS  set: exec prints the cgroup placement's counters when the program ends
+  PORTRANGE_BPF_DEBUG  set: a BPF load failure shows the verifier's whole log
 
 --exclude PORTS (plan): comma-separated ports and ranges, e.g. 8080,60100-60199.
 
@@ -60,13 +71,14 @@ exit status: 0 success; 1 check: invalid or unusable configuration; 2 bad argume
 exec: the program's status, or 125 (portrange failed), 126 (not executable), 127 (not found).";
 
 /// The subcommands with their help texts (the internal `demo-client` is not listed).
-const COMMANDS: [(&str, &str); 6] = [
+const COMMANDS: [(&str, &str); 7] = [
     ("exec", exec::HELP),
     ("check", check::HELP),
     ("plan", plan::HELP),
     ("status", status::HELP),
     ("stats", stats::HELP),
     ("demo", demo::HELP),
+    ("cgroup", cgroup::HELP),
 ];
 
 fn wants_help(cmd: &str, rest: &[OsString]) -> bool {
@@ -102,6 +114,7 @@ fn main() -> ExitCode {
         "status" => return status::run(rest),
         "demo" => demo::run(),
         "plan" => plan::run(rest),
+        "cgroup" => cgroup::run(rest),
         "demo-client" => demo::client(rest),
         "-h" | "--help" | "help" => match rest.first().and_then(|a| a.to_str()) {
             None => {
