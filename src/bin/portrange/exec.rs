@@ -17,8 +17,8 @@ use std::process::{Command, ExitCode};
 
 pub const HELP: &str = "\
 usage: portrange exec [--slice IP:LO-HI ...] [--skip CIDR ...] [--strategy auto|kernel|retry]
-                      [--conntrack auto|reserve|verify|off] [--log LEVEL] [--stats PATH] [--cgroup] [--allow-unplaced]
-                      [--] PROGRAM [ARGS...]
+                      [--conntrack auto|reserve|verify|off] [--log LEVEL] [--stats PATH]
+                      [--cgroup] [--allow-unplaced] [--] PROGRAM [ARGS...]
 
 Run PROGRAM with libportrange.so preloaded, so that its outgoing TCP and UDP flows leave from the
 slice. The configuration is the PORTRANGE* environment with the flags laid over it (--slice sets
