@@ -217,11 +217,44 @@ fn read_counters(map: &Map) -> Vec<(&'static str, u64)> {
     COUNTERS.iter().enumerate().map(|(i, n)| (*n, arr.get(&(i as u32), 0).unwrap_or(0))).collect()
 }
 
-/// Removes a cgroup's pins (the links detach as their pins go) and its directory.
+/// bpf(2) with an attribute of `N` bytes.
+fn bpf_cmd<const N: usize>(cmd: libc::c_long, attr: &mut [u8; N]) -> std::io::Result<i64> {
+    // SAFETY: `attr` is a valid, initialised buffer of N bytes the kernel reads (and may write).
+    let r = unsafe { libc::syscall(libc::SYS_bpf, cmd, attr.as_mut_ptr(), N) };
+    if r < 0 {
+        Err(std::io::Error::last_os_error())
+    } else {
+        Ok(r)
+    }
+}
+
+/// Detaches a pinned bpf_link now (BPF_LINK_DETACH). Dropping the last reference to a link
+/// detaches it too, but from a kernel work item, after `detach` has returned: a connect right
+/// after could still be placed.
+fn detach_pinned_link(path: &Path) -> std::io::Result<()> {
+    const BPF_OBJ_GET: libc::c_long = 7;
+    const BPF_LINK_DETACH: libc::c_long = 34;
+    let c = std::ffi::CString::new(path.as_os_str().as_encoded_bytes())?;
+    let mut attr = [0u8; 16];
+    attr[..8].copy_from_slice(&(c.as_ptr() as u64).to_ne_bytes());
+    let fd = bpf_cmd(BPF_OBJ_GET, &mut attr)? as libc::c_int;
+    let mut attr = [0u8; 8];
+    attr[..4].copy_from_slice(&(fd as u32).to_ne_bytes());
+    let r = bpf_cmd(BPF_LINK_DETACH, &mut attr);
+    // SAFETY: `fd` was just returned by BPF_OBJ_GET and is owned here.
+    unsafe { libc::close(fd) };
+    r.map(|_| ())
+}
+
+/// Removes a cgroup's pins, detaching its links first, and its directory.
 pub fn remove_pins(dir: &Path) -> Result<Vec<String>, String> {
     let mut removed = Vec::new();
     let entries = std::fs::read_dir(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
     for e in entries.flatten() {
+        if PROGRAMS.iter().any(|p| e.file_name() == *p) {
+            // A link whose cgroup is gone is already detached; removing its pin frees it anyway.
+            let _ = detach_pinned_link(&e.path());
+        }
         std::fs::remove_file(e.path()).map_err(|err| format!("{}: {err}", e.path().display()))?;
         removed.push(e.file_name().to_string_lossy().into_owned());
     }
