@@ -293,6 +293,7 @@ fn bind_then_connect_loops_never_fail() {
 /// 60 s).
 #[test]
 fn wget_bind_address_runs_never_fail() {
+    require_netns!();
     require!("ip", "wget");
     let pair = Pair::new(&[]);
     let server = Server::start(&pair, "http", &[PORT]);
@@ -320,6 +321,7 @@ fn wget_bind_address_runs_never_fail() {
 /// still reads its own SO_REUSEADDR (0).
 #[test]
 fn getsockname_before_connect_leaves_reusable_time_waits() {
+    require_netns!();
     require!("ip");
     let pair = Pair::new(&[]);
     let server = Server::start(&pair, "close", &[PORT]);
