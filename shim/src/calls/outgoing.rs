@@ -277,7 +277,7 @@ fn place_tcp(f: Flow) -> Next {
                 let ip = crate::config::canonical(f.local.ip());
                 (!ip.is_unspecified()).then_some(ip)
             });
-            Strat::Kernel(Kernel::new(target, f.cursor(), bound))
+            Strat::Kernel(Kernel::new(target, f.cursor(), bound, f.dst))
         }
         _ => Strat::Retry { p: retry(f.active).start(target, f.cursor(), f.dst), fallback: false },
     };

@@ -17,8 +17,8 @@
 //! (measured under client-closed churn, 512-port slice: 58 µs CPU per connect against 36 µs for
 //! the retry search alone), and under churn the next attempt would find it full again (young
 //! TIME_WAITs; and the ports the fallback bound explicitly are hidden from the kernel's choice
-//! until their TIME_WAITs end). So for [`HOLD_MS`] after the kernel reported a slice full, this
-//! process's connects go straight to the explicit-bind search.
+//! until their TIME_WAITs end). So for [`HOLD_MS`] after the kernel reported the slices full for
+//! a destination, this process's connects to it go straight to the explicit-bind search.
 
 use super::{started, Cursor, Placed, Step, Target};
 use crate::config::{Config, Slice};
@@ -28,10 +28,32 @@ use libc::c_int;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 
-/// How long the kernel's own choice is skipped after it found a slice full.
+/// How long the kernel's own choice is skipped for a destination after it found it full.
 pub const HOLD_MS: u64 = 1000;
-/// Until when (CLOCK_MONOTONIC ms) it is skipped in this process.
-static SKIP_UNTIL: AtomicU64 = AtomicU64::new(0);
+const SLOTS: usize = 64;
+
+/// Per destination (a slot by hash: the destination's key, and until when, CLOCK_MONOTONIC ms,
+/// the kernel's choice is skipped for it). Two destinations sharing a slot cost at most an extra
+/// kernel attempt or an early fallback, both correct.
+struct Hold {
+    key: AtomicU64,
+    until: AtomicU64,
+}
+
+static HOLD: [Hold; SLOTS] = [const { Hold { key: AtomicU64::new(0), until: AtomicU64::new(0) } }; SLOTS];
+
+fn held(dst: SocketAddr) -> bool {
+    let k = super::refusal::key(dst);
+    let h = &HOLD[k as usize % SLOTS];
+    h.key.load(Relaxed) == k && super::wait::now_ms() < h.until.load(Relaxed)
+}
+
+fn hold(dst: SocketAddr) {
+    let k = super::refusal::key(dst);
+    let h = &HOLD[k as usize % SLOTS];
+    h.until.store(super::wait::now_ms() + HOLD_MS, Relaxed);
+    h.key.store(k, Relaxed);
+}
 
 /// A kernel-strategy placement in progress (plain data, resumable; see `strategy`).
 #[derive(Clone, Copy, Debug)]
@@ -48,6 +70,7 @@ pub struct Kernel {
     slice: Option<Slice>,
     /// The kernel reported a slice full for this destination.
     full: bool,
+    dst: SocketAddr,
 }
 
 /// How a kernel-strategy step ended.
@@ -62,15 +85,15 @@ pub enum KStep {
 impl Kernel {
     /// Place the program's socket (`target`) in the first of `slices` that has room; the
     /// program's call (connect, or a TCP Fast Open send) is each attempt.
-    pub fn new(target: Target, slices: Cursor, bound: Option<IpAddr>) -> Kernel {
+    pub fn new(target: Target, slices: Cursor, bound: Option<IpAddr>, dst: SocketAddr) -> Kernel {
         let bound = if target.is_own() { bound } else { None };
-        Kernel { target, first: slices, slices, bound, not_local: None, slice: None, full: false }
+        Kernel { target, first: slices, slices, bound, not_local: None, slice: None, full: false, dst }
     }
 
     /// Ready the socket for the next slice.
     pub fn prepare(&mut self, cfg: &Config) -> KStep {
         let t = &mut self.target;
-        if self.slice.is_none() && !self.full && super::wait::now_ms() < SKIP_UNTIL.load(Relaxed) {
+        if self.slice.is_none() && !self.full && held(self.dst) {
             // The kernel found a slice full less than HOLD_MS ago: straight to the fallback.
             return KStep::Fallback;
         }
@@ -106,7 +129,7 @@ impl Kernel {
             return KStep::Step(Step::Attempt);
         }
         if self.full {
-            SKIP_UNTIL.store(super::wait::now_ms() + HOLD_MS, Relaxed);
+            hold(self.dst);
             return KStep::Fallback;
         }
         KStep::Step(t.done(Placed::none_free(self.not_local)))
@@ -185,7 +208,7 @@ mod tests {
         };
         let cfg = crate::strategy::test_cfg(slices);
         let v6 = slices[0].ip.is_ipv6();
-        let s = std::cell::RefCell::new(S::K(Kernel::new(t, Cursor::new(v6, None, 0), None)));
+        let s = std::cell::RefCell::new(S::K(Kernel::new(t, Cursor::new(v6, None, 0), None, dst)));
         let step = |k: KStep, s: &mut S| match k {
             KStep::Step(st) => st,
             KStep::Fallback => {
@@ -293,6 +316,16 @@ mod tests {
         // The aborted socket is no longer connected.
         let mut b = [0u8; 1];
         assert_eq!(unsafe { libc::send(fd, b.as_mut_ptr().cast(), 1, libc::MSG_NOSIGNAL) }, -1);
+    }
+
+    #[test]
+    fn the_hold_is_per_destination() {
+        let a: SocketAddr = "192.0.2.10:80".parse().unwrap();
+        let b: SocketAddr = "192.0.2.10:81".parse().unwrap();
+        assert!(!held(a) && !held(b));
+        hold(a);
+        assert!(held(a));
+        assert!(!held(b), "another destination is not held");
     }
 
     #[test]

@@ -24,7 +24,8 @@ struct Slot {
 static TABLE: [Slot; SLOTS] =
     [const { Slot { key: AtomicU64::new(0), last: AtomicU64::new(0), quiet: AtomicU64::new(0) } }; SLOTS];
 
-fn key(dst: SocketAddr) -> u64 {
+/// A hash of the destination (never 0), shared with the kernel strategy's hold.
+pub fn key(dst: SocketAddr) -> u64 {
     // FNV-1a over the canonical address and port.
     let mut h: u64 = 0xcbf2_9ce4_8422_2325;
     let ip = crate::config::canonical(dst.ip());
