@@ -39,16 +39,8 @@ const OWN_PORTS: (u16, u16) = (7000, 7999);
 /// Scenarios that show a bug not fixed yet: (scenario, what it shows). Shrink it as fixes land.
 const KNOWN: &[(u32, &str)] = &[
     (8, "a TCP connect to port 0 is left to the kernel: its SYN leaves from outside the slice"),
-    (12, "issue 9 case 6: an unreadable address kills the program (SIGSEGV) instead of EFAULT"),
-    (13, "issue 9 case 6: an AF_INET6 address on an AF_INET socket gives EADDRNOTAVAIL, not EAFNOSUPPORT"),
-    (14, "issue 9 case 6: the shim binds before the kernel rejects an AF_INET address on an AF_INET6 TCP socket"),
     (20, "issue 9 case 5: connect() on a listener bound to 0.0.0.0:0 replaces the listener"),
     (21, "issue 9 case 5: a second bind() after a deferred one succeeds"),
-    (34, "issue 9 case 6: IPV6_V6ONLY + v4-mapped gives EADDRNOTAVAIL, not ENETUNREACH"),
-    (35, "issue 9 case 6: IPV6_V6ONLY + v4-mapped (UDP) gives EADDRNOTAVAIL, not ENETUNREACH"),
-    (37, "issue 9 case 2: a 24-byte sockaddr_in6 bypasses the shim"),
-    (38, "issue 9 case 2: 26/27-byte sockaddr_in6 bypass the shim (UDP)"),
-    (39, "issue 9 case 2: a 25-byte v4-mapped sockaddr_in6 bypasses the shim"),
     (45, "issue 9 case 8: the EPOLL_CTL_MOD probe re-arms a fired EPOLLONESHOT registration"),
     (46, "issue 9 case 8: an epoll set holding the old socket through a dup reports a stale event"),
     (47, "issue 9 case 8: O_ASYNC, F_SETOWN and F_SETSIG are not carried over a swap"),

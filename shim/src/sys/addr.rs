@@ -4,28 +4,81 @@ use crate::real;
 use libc::{c_int, c_void, sockaddr, sockaddr_in, sockaddr_in6, sockaddr_storage, socklen_t};
 use std::mem::{size_of, zeroed};
 use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6};
+use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
 
-/// Read an AF_INET / AF_INET6 address; `None` for other families or a short length.
+/// `struct sockaddr_in6` without `sin6_scope_id` (RFC 2133): the shortest AF_INET6 address the
+/// kernel accepts (scope id 0).
+pub const SIN6_LEN_RFC2133: usize = 24;
+
+/// `process_vm_readv` was refused (a seccomp filter: container runtimes allow it only with
+/// CAP_SYS_PTRACE): addresses are then read directly, as before.
+static NO_VM_READV: AtomicBool = AtomicBool::new(false);
+
+/// Copy `buf.len()` bytes from `addr` the way the kernel would read them: `false` when the
+/// memory is not readable (the kernel answers EFAULT, where reading it here would crash the
+/// program). `process_vm_readv` on this very process reads through the page tables with the
+/// same checks as the kernel's own copy from user memory.
 ///
 /// # Safety
-/// `addr` must be null or point to `len` readable bytes.
+/// `addr` may be any value; where `process_vm_readv` is refused, it must be readable for
+/// `buf.len()` bytes (the shim's behaviour before this check existed).
+unsafe fn copy_in(addr: *const u8, buf: &mut [u8]) -> bool {
+    if !NO_VM_READV.load(Relaxed) {
+        let local = libc::iovec { iov_base: buf.as_mut_ptr().cast(), iov_len: buf.len() };
+        let remote = libc::iovec { iov_base: addr as *mut c_void, iov_len: buf.len() };
+        let e0 = crate::errno::get();
+        // SAFETY: the local iovec is our buffer; the remote one is only read, by the kernel.
+        let n = unsafe { libc::process_vm_readv(libc::getpid(), &local, 1, &remote, 1, 0) };
+        let e = crate::errno::get();
+        crate::errno::set(e0);
+        if n == buf.len() as isize {
+            return true;
+        }
+        if n >= 0 || e == libc::EFAULT {
+            return false;
+        }
+        // EPERM / ENOSYS: never again in this process.
+        NO_VM_READV.store(true, Relaxed);
+    }
+    // SAFETY: the caller's contract for this case.
+    unsafe { std::ptr::copy_nonoverlapping(addr, buf.as_mut_ptr(), buf.len()) };
+    true
+}
+
+/// Read an AF_INET / AF_INET6 address as the kernel would take it for connect/sendto/bind;
+/// `None` when the kernel would refuse it or it is not an Internet address: NULL, unreadable
+/// memory (EFAULT), shorter than `sockaddr_in` / the 24-byte RFC 2133 `sockaddr_in6` (EINVAL),
+/// another family. The program's call then goes to the kernel untouched and gets its errno.
+/// A `sockaddr_in6` of 24-27 bytes has no scope id (0), as in the kernel.
+///
+/// # Safety
+/// None where `process_vm_readv` works (`addr` and `len` may be anything: the memory is read
+/// with the kernel's checks); elsewhere `addr` must be null or readable for `len` bytes.
 pub unsafe fn parse(addr: *const sockaddr, len: socklen_t) -> Option<SocketAddr> {
-    if addr.is_null() || (len as usize) < size_of::<libc::sa_family_t>() {
+    let len = len as usize;
+    if addr.is_null() || len < size_of::<libc::sa_family_t>() {
         return None;
     }
-    // SAFETY: the caller passes a sockaddr valid for `len` bytes (checked >= this size above).
-    match c_int::from(unsafe { (*addr).sa_family }) {
-        libc::AF_INET if len as usize >= size_of::<sockaddr_in>() => {
-            // SAFETY: the caller passes a sockaddr valid for `len` bytes (checked >= this size above).
-            let a = unsafe { std::ptr::read_unaligned(addr as *const sockaddr_in) };
+    let mut buf = [0u8; size_of::<sockaddr_in6>()];
+    let n = len.min(buf.len());
+    // SAFETY: any pointer is acceptable to copy_in.
+    if !unsafe { copy_in(addr.cast(), &mut buf[..n]) } {
+        return None;
+    }
+    // SAFETY: buf is a sockaddr_in6-sized, zero-padded copy; read_unaligned needs no alignment.
+    let family = c_int::from(unsafe { std::ptr::read_unaligned(buf.as_ptr() as *const libc::sa_family_t) });
+    match family {
+        libc::AF_INET if len >= size_of::<sockaddr_in>() => {
+            // SAFETY: as above.
+            let a = unsafe { std::ptr::read_unaligned(buf.as_ptr() as *const sockaddr_in) };
             Some(SocketAddr::V4(SocketAddrV4::new(
                 Ipv4Addr::from(u32::from_be(a.sin_addr.s_addr)),
                 u16::from_be(a.sin_port),
             )))
         }
-        libc::AF_INET6 if len as usize >= size_of::<sockaddr_in6>() => {
-            // SAFETY: the caller passes a sockaddr valid for `len` bytes (checked >= this size above).
-            let a = unsafe { std::ptr::read_unaligned(addr as *const sockaddr_in6) };
+        libc::AF_INET6 if len >= SIN6_LEN_RFC2133 => {
+            // SAFETY: as above; bytes past `len` are zero (scope id 0 for 24-27 bytes).
+            let a = unsafe { std::ptr::read_unaligned(buf.as_ptr() as *const sockaddr_in6) };
             Some(SocketAddr::V6(SocketAddrV6::new(
                 Ipv6Addr::from(a.sin6_addr.s6_addr),
                 u16::from_be(a.sin6_port),
@@ -37,7 +90,7 @@ pub unsafe fn parse(addr: *const sockaddr, len: socklen_t) -> Option<SocketAddr>
     }
 }
 
-/// The family of a sockaddr, if `len` covers it.
+/// The family of a sockaddr, if `len` covers it and the memory is readable.
 ///
 /// # Safety
 /// As [`parse`].
@@ -45,8 +98,33 @@ pub unsafe fn family_of(addr: *const sockaddr, len: socklen_t) -> Option<c_int> 
     if addr.is_null() || (len as usize) < size_of::<libc::sa_family_t>() {
         return None;
     }
-    // SAFETY: the caller passes a sockaddr valid for `len` bytes (checked >= this size above).
-    Some(c_int::from(unsafe { (*addr).sa_family }))
+    let mut buf = [0u8; size_of::<libc::sa_family_t>()];
+    // SAFETY: any pointer is acceptable to copy_in.
+    unsafe { copy_in(addr.cast(), &mut buf) }.then(|| c_int::from(libc::sa_family_t::from_ne_bytes(buf)))
+}
+
+/// Would the kernel refuse `dst` (as parsed: `V4` came as AF_INET, `V6` as AF_INET6) on a socket
+/// of `family`/`proto` for a connect or send? Then the call goes to the kernel untouched, which
+/// answers with its own errno, and the shim neither binds nor logs. Measured and read from
+/// `tcp_v4_connect`, `tcp_v6_connect`, `__ip6_datagram_connect`, `udp_sendmsg`, `udpv6_sendmsg`:
+/// - an AF_INET6 address on an AF_INET socket: EAFNOSUPPORT;
+/// - an AF_INET address on an AF_INET6 TCP socket: EINVAL (short) or EAFNOSUPPORT; on an
+///   AF_INET6 UDP socket it is taken as IPv4, unless IPV6_V6ONLY (EAFNOSUPPORT / ENETUNREACH);
+/// - a v4-mapped address on an IPV6_V6ONLY socket: ENETUNREACH.
+///
+/// `v6only` is asked only when it matters (an IPv4 destination on an AF_INET6 socket).
+pub fn kernel_refuses(family: c_int, udp: bool, dst: SocketAddr, v6only: impl FnOnce() -> bool) -> bool {
+    match (family, dst) {
+        (libc::AF_INET, SocketAddr::V6(_)) => true,
+        (libc::AF_INET6, SocketAddr::V4(_)) => !udp || v6only(),
+        (libc::AF_INET6, SocketAddr::V6(a)) if a.ip().to_ipv4_mapped().is_some() => v6only(),
+        _ => false,
+    }
+}
+
+/// IPV6_V6ONLY of `fd`.
+pub fn v6only(fd: c_int) -> bool {
+    get_int(fd, libc::IPPROTO_IPV6, libc::IPV6_V6ONLY) == Some(1)
 }
 
 /// A sockaddr ready to hand to the kernel.
@@ -186,6 +264,64 @@ mod tests {
         // Too short or another family.
         assert_eq!(unsafe { parse(raw.ptr(), 4) }, None);
         assert_eq!(unsafe { parse(std::ptr::null(), 16) }, None);
+    }
+
+    #[test]
+    fn lengths_the_kernel_accepts() {
+        let a: SocketAddr = "[2001:db8::1%7]:443".parse().unwrap();
+        let raw = to_raw(a, libc::AF_INET6);
+        // RFC 2133 sockaddr_in6 (24 bytes, no scope id) up to the full 28.
+        for len in 24..=27 {
+            assert_eq!(
+                unsafe { parse(raw.ptr(), len) },
+                Some("[2001:db8::1]:443".parse().unwrap()),
+                "len {len}"
+            );
+        }
+        assert_eq!(unsafe { parse(raw.ptr(), 28) }, Some(a));
+        assert_eq!(unsafe { parse(raw.ptr(), 128) }, Some(a));
+        assert_eq!(unsafe { parse(raw.ptr(), 23) }, None);
+        let v4 = to_raw("192.0.2.1:80".parse().unwrap(), libc::AF_INET);
+        assert_eq!(unsafe { parse(v4.ptr(), 15) }, None);
+        assert!(unsafe { parse(v4.ptr(), 16) }.is_some());
+    }
+
+    #[test]
+    fn unreadable_memory_is_left_to_the_kernel() {
+        // SAFETY: an inaccessible page of our own, unmapped at the end.
+        unsafe {
+            let p = libc::mmap(
+                std::ptr::null_mut(),
+                4096,
+                libc::PROT_NONE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+                -1,
+                0,
+            );
+            assert_ne!(p, libc::MAP_FAILED);
+            crate::errno::set(1234);
+            assert_eq!(parse(p as *const sockaddr, 16), None);
+            assert_eq!(family_of(p as *const sockaddr, 16), None);
+            assert_eq!(parse(std::ptr::dangling::<sockaddr>(), 28), None);
+            assert_eq!(crate::errno::get(), 1234, "errno untouched");
+            libc::munmap(p, 4096);
+        }
+    }
+
+    #[test]
+    fn what_the_kernel_refuses() {
+        let v4: SocketAddr = "192.0.2.1:80".parse().unwrap();
+        let v6: SocketAddr = "[2001:db8::1]:80".parse().unwrap();
+        let mapped: SocketAddr = "[::ffff:192.0.2.1]:80".parse().unwrap();
+        let never = || -> bool { panic!("IPV6_V6ONLY asked where it does not matter") };
+        assert!(kernel_refuses(libc::AF_INET, false, v6, never));
+        assert!(!kernel_refuses(libc::AF_INET, true, v4, never));
+        assert!(kernel_refuses(libc::AF_INET6, false, v4, || false));
+        assert!(!kernel_refuses(libc::AF_INET6, true, v4, || false));
+        assert!(kernel_refuses(libc::AF_INET6, true, v4, || true));
+        assert!(kernel_refuses(libc::AF_INET6, false, mapped, || true));
+        assert!(!kernel_refuses(libc::AF_INET6, false, mapped, || false));
+        assert!(!kernel_refuses(libc::AF_INET6, false, v6, never));
     }
 
     #[test]
