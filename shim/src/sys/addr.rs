@@ -65,6 +65,10 @@ pub unsafe fn parse(addr: *const sockaddr, len: socklen_t) -> Option<SocketAddr>
     if !unsafe { copy_in(addr.cast(), &mut buf[..n]) } {
         return None;
     }
+    if n < buf.len() {
+        // The kernel reads sin6_scope_id only from a full sockaddr_in6: no partial scope id.
+        buf[SIN6_LEN_RFC2133.min(n)..].fill(0);
+    }
     // SAFETY: buf is a sockaddr_in6-sized, zero-padded copy; read_unaligned needs no alignment.
     let family = c_int::from(unsafe { std::ptr::read_unaligned(buf.as_ptr() as *const libc::sa_family_t) });
     match family {
