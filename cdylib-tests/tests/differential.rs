@@ -40,7 +40,6 @@ const OWN_PORTS: (u16, u16) = (7000, 7999);
 const KNOWN: &[(u32, &str)] = &[
     (8, "a TCP connect to port 0 is left to the kernel: its SYN leaves from outside the slice"),
     (20, "issue 9 case 5: connect() on a listener bound to 0.0.0.0:0 replaces the listener"),
-    (21, "issue 9 case 5: a second bind() after a deferred one succeeds"),
     (45, "issue 9 case 8: the EPOLL_CTL_MOD probe re-arms a fired EPOLLONESHOT registration"),
     (46, "issue 9 case 8: an epoll set holding the old socket through a dup reports a stale event"),
     (47, "issue 9 case 8: O_ASYNC, F_SETOWN and F_SETSIG are not carried over a swap"),
@@ -58,9 +57,6 @@ const KNOWN: &[(u32, &str)] = &[
     (72, "issue 9 case 1: a sendto with a short sockaddr_in6 autobinds; the next flow leaves outside the slice"),
     (73, "issue 9 case 9: a UDP placement on a fresh socket is refused when UDP_GRO is set"),
     (74, "issue 9 case 9: a UDP placement on a fresh socket is refused when SO_RXQ_OVFL is set"),
-    (88, "issue 9 case 3: a library opened with RTLD_DEEPBIND connects from outside the slice"),
-    (89, "issue 9 case 3: a library opened with RTLD_DEEPBIND sends from outside the slice (UDP)"),
-    (91, "issue 9 case 3: a library opened by dlmopen with RTLD_DEEPBIND bypasses the shim"),
 ];
 
 /// The scenario that connects to port 0 (its flows cannot carry their number in the port).

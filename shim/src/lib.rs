@@ -21,6 +21,8 @@ mod strategy;
 mod sys;
 
 #[cfg(not(test))]
+mod dl;
+#[cfg(not(test))]
 mod hooks;
 
 use config::{Config, OnError};
