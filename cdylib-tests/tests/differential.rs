@@ -38,7 +38,6 @@ const OWN_PORTS: (u16, u16) = (7000, 7999);
 
 /// Scenarios that show a bug not fixed yet: (scenario, what it shows). Shrink it as fixes land.
 const KNOWN: &[(u32, &str)] = &[
-    (8, "a TCP connect to port 0 is left to the kernel: its SYN leaves from outside the slice"),
     (20, "issue 9 case 5: connect() on a listener bound to 0.0.0.0:0 replaces the listener"),
     (45, "issue 9 case 8: the EPOLL_CTL_MOD probe re-arms a fired EPOLLONESHOT registration"),
     (46, "issue 9 case 8: an epoll set holding the old socket through a dup reports a stale event"),
@@ -47,7 +46,6 @@ const KNOWN: &[(u32, &str)] = &[
     (54, "issue 9 case 7: the shim's own option values show in an exec'd child"),
     (55, "issue 9 case 7: a deferred bind(0.0.0.0, 0) is lost across exec"),
     (57, "issue 9 case 7: the shim's SO_REUSEADDR shows in an exec'd child (UDP)"),
-    (59, "after EINTR the connect goes on, but a second connect starts a new connection (EINPROGRESS, not EALREADY)"),
     (65, "issue 9 case 4: connect(AF_UNSPEC) replaces a placed UDP socket: queued datagrams are lost"),
     (66, "issue 9 case 4: connect(AF_UNSPEC) forgets the program's bind(SLICE_IP, 0)"),
     (68, "issue 9 case 1: send() without an address autobinds; the next sendto leaves outside the slice"),

@@ -109,9 +109,9 @@ pub unsafe extern "C-unwind" fn sendto(
     }
     let e0 = errno::get();
     let first = inside(|nested| {
-        // SAFETY: addr is null or points to len bytes (the program's sendto arguments).
-        let dst = unsafe { crate::sys::addr::parse(addr, len) };
-        outgoing::send(fd, dst, flags & libc::MSG_FASTOPEN != 0, nested)
+        // SAFETY: parse reads the program's address with the kernel's checks.
+        let dst = || unsafe { crate::sys::addr::parse(addr, len) };
+        outgoing::send(fd, true, dst, flags & libc::MSG_FASTOPEN != 0, nested)
     });
     // SAFETY: the program's own arguments, passed on unchanged to the real function.
     unsafe { drive(first, libc::EAGAIN, e0, || real::sendto(fd, buf, n, flags, addr, len)) }
@@ -125,10 +125,12 @@ pub unsafe extern "C-unwind" fn sendmsg(fd: c_int, msg: *const libc::msghdr, fla
     }
     let e0 = errno::get();
     let first = inside(|nested| {
-        // SAFETY: msg is null or a valid msghdr (the program's sendmsg argument).
-        let dst =
-            unsafe { msg.as_ref().and_then(|m| crate::sys::addr::parse(m.msg_name.cast(), m.msg_namelen)) };
-        outgoing::send(fd, dst, flags & libc::MSG_FASTOPEN != 0, nested)
+        // SAFETY: msg is null or a valid msghdr (the program's sendmsg argument); parse reads the
+        // address with the kernel's checks.
+        let m = unsafe { msg.as_ref() };
+        let named = m.is_some_and(|m| !m.msg_name.is_null());
+        let dst = || m.and_then(|m| unsafe { crate::sys::addr::parse(m.msg_name.cast(), m.msg_namelen) });
+        outgoing::send(fd, named, dst, flags & libc::MSG_FASTOPEN != 0, nested)
     });
     // SAFETY: the program's own arguments, passed on unchanged to the real function.
     unsafe { drive(first, libc::EAGAIN, e0, || real::sendmsg(fd, msg, flags)) }
@@ -147,16 +149,16 @@ pub unsafe extern "C-unwind" fn sendmmsg(
     }
     let e0 = errno::get();
     let first = inside(|nested| {
-        // SAFETY: msgs is null or points to n valid mmsghdr (the program's arguments).
-        let dst = unsafe {
-            if n == 0 {
-                None
-            } else {
-                msgs.as_ref()
-                    .and_then(|m| crate::sys::addr::parse(m.msg_hdr.msg_name.cast(), m.msg_hdr.msg_namelen))
-            }
+        // SAFETY: msgs is null or points to n valid mmsghdr (the program's arguments); parse reads
+        // the address with the kernel's checks.
+        let m = if n == 0 { None } else { unsafe { msgs.as_ref() } };
+        let named = m.is_some_and(|m| !m.msg_hdr.msg_name.is_null());
+        let dst = || {
+            m.and_then(|m| unsafe {
+                crate::sys::addr::parse(m.msg_hdr.msg_name.cast(), m.msg_hdr.msg_namelen)
+            })
         };
-        outgoing::send(fd, dst, false, nested)
+        outgoing::send(fd, named, dst, false, nested)
     });
     // SAFETY: the program's own arguments, passed on unchanged to the real function.
     (unsafe { drive(first, libc::EAGAIN, e0, || real::sendmmsg(fd, msgs, n, flags) as isize) }) as c_int

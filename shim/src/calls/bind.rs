@@ -107,6 +107,11 @@ pub unsafe fn bind(fd: c_int, sa: *const sockaddr, len: socklen_t) -> c_int {
         // SAFETY: the program's own arguments (valid as the libc call requires), passed on unchanged.
         return unsafe { real::bind(fd, sa, len) };
     };
+    if addr::kernel_refuses(sock.family, false, req, || addr::v6only(fd)) {
+        errno::set(e0);
+        // SAFETY: the program's own arguments (valid as the libc call requires), passed on unchanged.
+        return unsafe { real::bind(fd, sa, len) };
+    }
     let flags = fdtable::flags(fd, ino);
     let ip = crate::config::canonical(req.ip());
     if req.ip().is_unspecified() {

@@ -90,29 +90,40 @@ pub unsafe fn connect(fd: c_int, sa: *const sockaddr, len: socklen_t, nested: bo
     }
 }
 
-/// A send with destination `dst` (sendto/sendmsg/sendmmsg): with MSG_FASTOPEN a TCP send is a
-/// connect; the first unconnected send of a UDP socket places it.
-pub fn send(fd: c_int, dst: Option<SocketAddr>, fastopen: bool, nested: bool) -> Next {
-    match (mode(), dst) {
-        (Some(Mode::Active(_) | Mode::Deny), Some(dst)) => {
-            if fastopen {
-                return outgoing(fd, dst, Call::Connect, nested);
-            }
+/// A send (sendto/sendmsg/sendmmsg) that names a destination (`named`: a non-null address) or
+/// not: with MSG_FASTOPEN a TCP send is a connect; the first unconnected send of a UDP socket
+/// places it. `dst` reads the address (one `process_vm_readv`, see `addr::parse`) only when it
+/// matters: not for the sends of a socket already settled.
+pub fn send(
+    fd: c_int,
+    named: bool,
+    dst: impl FnOnce() -> Option<SocketAddr>,
+    fastopen: bool,
+    nested: bool,
+) -> Next {
+    let active = match mode() {
+        Some(Mode::Active(_)) => true,
+        Some(Mode::Deny) => false,
+        _ => return Next::Pass,
+    };
+    if named {
+        if !fastopen {
             let settled = fdtable::occupied(fd)
                 && fdtable::ino(fd)
                     .is_some_and(|ino| fdtable::flags(fd, ino) & (flag::PLACED | flag::SETTLED) != 0);
             if settled {
-                Next::Pass
-            } else {
-                outgoing(fd, dst, Call::FirstSend, nested)
+                return Next::Pass;
             }
         }
-        (Some(Mode::Active(_)), None) if !nested => {
-            let _ = super::bind::materialize_if_deferred(fd);
-            Next::Pass
+        if let Some(dst) = dst() {
+            let call = if fastopen { Call::Connect } else { Call::FirstSend };
+            return outgoing(fd, dst, call, nested);
         }
-        _ => Next::Pass,
     }
+    if active && !nested {
+        let _ = super::bind::materialize_if_deferred(fd);
+    }
+    Next::Pass
 }
 
 /// A placement would start while the thread is already inside the shim (a signal handler):
@@ -146,6 +157,10 @@ fn outgoing(fd: c_int, dst: SocketAddr, call: Call, nested: bool) -> Next {
         }
         return Next::Pass;
     };
+    if addr::kernel_refuses(sock.family, sock.proto == Proto::Udp, dst, || addr::v6only(fd)) {
+        // The kernel answers with its own errno (EAFNOSUPPORT, EINVAL, ENETUNREACH).
+        return Next::Pass;
+    }
     let Some(ino) = fdtable::ino(fd) else { return Next::Pass };
     let flags = fdtable::flags(fd, ino);
     let exhausted = if sock.proto == Proto::Udp { libc::EAGAIN } else { libc::EADDRNOTAVAIL };
@@ -178,6 +193,22 @@ fn outgoing(fd: c_int, dst: SocketAddr, call: Call, nested: bool) -> Next {
     let not_programs = flags & (flag::SHIM_BOUND | flag::WILDCARD_PORT) != 0;
     let deferred = flags & flag::DEFERRED_BIND != 0;
     match scope::decide(&active.cfg, sock.local, not_programs, dst, call) {
+        // A TCP connect to port 0 of a real address still sends a SYN (answered by a reset): the
+        // flow is placed like any other. (`decide` calls port 0 unusable; asked again with a
+        // stand-in port, for the scope and family checks.)
+        Decision::Leave(Leave::BadDestination) if sock.proto == Proto::Tcp && !dst.ip().is_unspecified() => {
+            match scope::decide(&active.cfg, sock.local, not_programs, SocketAddr::new(dst.ip(), 1), call) {
+                Decision::Place { .. } if nested => refuse_nested(exhausted),
+                Decision::Place { v6, pinned } => place_tcp(flow(v6, pinned)),
+                Decision::Leave(why) => {
+                    leave(why, sock.local, dst, nested);
+                    if deferred {
+                        let _ = materialize(fd, ino, sock.family);
+                    }
+                    Next::Pass
+                }
+            }
+        }
         // A UDP connect to port 0 or to 0.0.0.0 would bind the socket outside the slice (its later
         // sends would leave from there): it gets a port of its own first, as a first send would.
         Decision::Leave(Leave::BadDestination) if sock.proto == Proto::Udp && sock.local.port() == 0 => {
