@@ -38,7 +38,6 @@ const OWN_PORTS: (u16, u16) = (7000, 7999);
 
 /// Scenarios that show a bug not fixed yet: (scenario, what it shows). Shrink it as fixes land.
 const KNOWN: &[(u32, &str)] = &[
-    (20, "issue 9 case 5: connect() on a listener bound to 0.0.0.0:0 replaces the listener"),
     (45, "issue 9 case 8: the EPOLL_CTL_MOD probe re-arms a fired EPOLLONESHOT registration"),
     (46, "issue 9 case 8: an epoll set holding the old socket through a dup reports a stale event"),
     (47, "issue 9 case 8: O_ASYNC, F_SETOWN and F_SETSIG are not carried over a swap"),
@@ -53,8 +52,6 @@ const KNOWN: &[(u32, &str)] = &[
     (70, "issue 9 case 1: sendmsg() without an address autobinds; the next flow leaves outside the slice"),
     (71, "issue 9 case 1: a connect with a bad length autobinds; the next flow leaves outside the slice"),
     (72, "issue 9 case 1: a sendto with a short sockaddr_in6 autobinds; the next flow leaves outside the slice"),
-    (73, "issue 9 case 9: a UDP placement on a fresh socket is refused when UDP_GRO is set"),
-    (74, "issue 9 case 9: a UDP placement on a fresh socket is refused when SO_RXQ_OVFL is set"),
 ];
 
 /// The scenario that connects to port 0 (its flows cannot carry their number in the port).

@@ -15,6 +15,8 @@ use libc::c_int;
 use std::sync::atomic::{AtomicI32, AtomicPtr, AtomicU32, AtomicU64, Ordering::Relaxed};
 
 const CHUNK: usize = 1024;
+/// Options outside the replay table remembered per socket (QUIC stacks set UDP_GRO, SO_RXQ_OVFL...).
+pub const EXTRA: usize = 4;
 const CHUNKS: usize = 1024;
 
 #[derive(Default)]
@@ -29,6 +31,9 @@ struct Entry {
     opts: AtomicU64,
     /// The last option the program set that cannot be carried over: (level << 32) | name, +1.
     unknown: AtomicU64,
+    /// Options outside the replay table that a swap copies as bytes (get on the old socket, set
+    /// on the new one): (level << 32) | name, +1; 0 = free slot. A further one goes to `unknown`.
+    extra: [AtomicU64; EXTRA],
     /// The program's epoll registration of this fd: epoll fd + 1 (0 = none), events, data.
     /// Not tied to the inode (epoll keys on the fd); checked with EPOLL_CTL_MOD before use.
     ep_fd: AtomicI32,
@@ -158,6 +163,9 @@ fn claim(fd: c_int, ino: u64) -> Option<&'static Entry> {
         e.range.store(0, Relaxed);
         e.opts.store(0, Relaxed);
         e.unknown.store(0, Relaxed);
+        for x in &e.extra {
+            x.store(0, Relaxed);
+        }
         e.ino.store(ino, Relaxed);
     }
     Some(e)
@@ -168,23 +176,57 @@ pub fn opts(fd: c_int, ino: u64) -> (u64, Option<(c_int, c_int)>) {
     match slot(fd, false) {
         Some(e) if e.ino.load(Relaxed) == ino => {
             let u = e.unknown.load(Relaxed);
-            let unknown = (u != 0).then(|| (((u - 1) >> 32) as c_int, (u - 1) as u32 as c_int));
+            let unknown = (u != 0).then(|| unpack(u));
             (e.opts.load(Relaxed), unknown)
         }
         _ => (0, None),
     }
 }
 
-/// The program set option bit `bit` (an index into `options::REPLAY`), or an unknown option.
-pub fn record_opt(fd: c_int, ino: u64, bit: Option<u32>, level: c_int, name: c_int) {
+fn pack(level: c_int, name: c_int) -> u64 {
+    ((level as u32 as u64) << 32 | name as u32 as u64) + 1
+}
+
+fn unpack(u: u64) -> (c_int, c_int) {
+    (((u - 1) >> 32) as c_int, (u - 1) as u32 as c_int)
+}
+
+/// The program set option bit `bit` (an index into `options::REPLAY`), or another option:
+/// `copyable` ones are remembered (up to [`EXTRA`]) to be copied as bytes, the rest make a swap
+/// impossible.
+pub fn record_opt(fd: c_int, ino: u64, bit: Option<u32>, level: c_int, name: c_int, copyable: bool) {
     if let Some(e) = claim(fd, ino) {
         match bit {
             Some(b) => {
                 e.opts.fetch_or(1 << b, Relaxed);
             }
-            None => e.unknown.store(((level as u32 as u64) << 32 | name as u32 as u64) + 1, Relaxed),
+            None => {
+                let v = pack(level, name);
+                if copyable {
+                    for x in &e.extra {
+                        match x.compare_exchange(0, v, Relaxed, Relaxed) {
+                            Ok(_) => return,
+                            Err(cur) if cur == v => return,
+                            Err(_) => {}
+                        }
+                    }
+                }
+                e.unknown.store(v, Relaxed)
+            }
         }
     }
+}
+
+/// The options outside the replay table recorded for socket `ino` at `fd`, to copy as bytes.
+pub fn extra_opts(fd: c_int, ino: u64) -> [Option<(c_int, c_int)>; EXTRA] {
+    let mut out = [None; EXTRA];
+    if let Some(e) = slot(fd, false).filter(|e| e.ino.load(Relaxed) == ino) {
+        for (o, x) in out.iter_mut().zip(&e.extra) {
+            let u = x.load(Relaxed);
+            *o = (u != 0).then(|| unpack(u));
+        }
+    }
+    out
 }
 
 /// The socket behind `fd` was replaced (swap): the entry now describes `new_ino`.
@@ -257,6 +299,9 @@ pub fn copy(from: c_int, to: c_int) {
                 dst.range.store(src.range.load(Relaxed), Relaxed);
                 dst.opts.store(src.opts.load(Relaxed), Relaxed);
                 dst.unknown.store(src.unknown.load(Relaxed), Relaxed);
+                for (d, x) in dst.extra.iter().zip(&src.extra) {
+                    d.store(x.load(Relaxed), Relaxed);
+                }
                 // epoll registrations belong to the fd number, not the socket: the new number
                 // has none.
                 dst.ep_fd.store(0, Relaxed);
@@ -309,8 +354,11 @@ mod tests {
         assert!(!occupied(5000));
 
         // Options and the unknown one.
-        record_opt(5001, 77, Some(3), 0, 0);
-        record_opt(5001, 77, None, libc::SOL_SOCKET, libc::SO_ATTACH_FILTER);
+        record_opt(5001, 77, Some(3), 0, 0, false);
+        record_opt(5001, 77, None, libc::SOL_SOCKET, libc::SO_ATTACH_FILTER, false);
+        record_opt(5001, 77, None, libc::IPPROTO_UDP, 104, true);
+        record_opt(5001, 77, None, libc::IPPROTO_UDP, 104, true);
+        assert_eq!(extra_opts(5001, 77), [Some((libc::IPPROTO_UDP, 104)), None, None, None]);
         assert_eq!(opts(5001, 77), (1 << 3, Some((libc::SOL_SOCKET, libc::SO_ATTACH_FILTER))));
         assert_eq!(opts(5001, 78), (0, None));
         rekey(5001, 78);

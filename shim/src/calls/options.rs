@@ -42,7 +42,14 @@ pub unsafe fn setsockopt(fd: c_int, level: c_int, name: c_int, val: *const c_voi
             };
             fdtable::update(fd, ino, set, clear);
         } else {
-            fdtable::record_opt(fd, ino, options::bit(level, name), level, name);
+            fdtable::record_opt(
+                fd,
+                ino,
+                options::bit(level, name),
+                level,
+                name,
+                options::copyable(level, name),
+            );
         }
     }
     errno::set(e0);

@@ -190,6 +190,13 @@ fn outgoing(fd: c_int, dst: SocketAddr, call: Call, nested: bool) -> Next {
         fdtable::update(fd, ino, flag::SETTLED, 0);
         return Next::Pass;
     }
+    if sock.proto == Proto::Tcp
+        && sock.local.port() != 0
+        && addr::get_int(fd, libc::SOL_SOCKET, libc::SO_ACCEPTCONN) == Some(1)
+    {
+        // connect() on a listener: the kernel says EISCONN and the listener keeps working.
+        return Next::Pass;
+    }
     let not_programs = flags & (flag::SHIM_BOUND | flag::WILDCARD_PORT) != 0;
     let deferred = flags & flag::DEFERRED_BIND != 0;
     match scope::decide(&active.cfg, sock.local, not_programs, dst, call) {

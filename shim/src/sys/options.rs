@@ -134,6 +134,68 @@ pub fn managed(level: c_int, name: c_int) -> bool {
     )
 }
 
+/// Options outside the table whose value, read back with getsockopt, cannot be handed to
+/// setsockopt (filters and programs, memberships, keys, repair state, upper-layer protocols).
+const NOT_BYTES: &[(c_int, c_int)] = &[
+    (S, libc::SO_ATTACH_FILTER),
+    (S, libc::SO_DETACH_FILTER),
+    (S, libc::SO_ATTACH_BPF),
+    (S, libc::SO_ATTACH_REUSEPORT_CBPF),
+    (S, libc::SO_ATTACH_REUSEPORT_EBPF),
+    (S, 68 /* SO_DETACH_REUSEPORT_BPF */),
+    (S, libc::SO_LOCK_FILTER),
+    (I, libc::IP_ADD_MEMBERSHIP),
+    (I, libc::IP_DROP_MEMBERSHIP),
+    (I, libc::IP_ADD_SOURCE_MEMBERSHIP),
+    (I, libc::IP_DROP_SOURCE_MEMBERSHIP),
+    (I, libc::IP_BLOCK_SOURCE),
+    (I, libc::IP_UNBLOCK_SOURCE),
+    (I, libc::IP_MSFILTER),
+    (I, libc::IP_IPSEC_POLICY),
+    (I, libc::IP_XFRM_POLICY),
+    (V6, libc::IPV6_ADD_MEMBERSHIP),
+    (V6, libc::IPV6_DROP_MEMBERSHIP),
+    (V6, libc::IPV6_IPSEC_POLICY),
+    (V6, libc::IPV6_XFRM_POLICY),
+    (T, libc::TCP_MD5SIG),
+    (T, libc::TCP_MD5SIG_EXT),
+    (T, libc::TCP_ULP),
+    (T, libc::TCP_REPAIR),
+    (T, libc::TCP_REPAIR_QUEUE),
+    (T, libc::TCP_QUEUE_SEQ),
+    (T, libc::TCP_REPAIR_OPTIONS),
+    (T, libc::TCP_REPAIR_WINDOW),
+    (T, 35 /* TCP_ZEROCOPY_RECEIVE */),
+];
+
+/// Can an option outside the table be carried over by copying the bytes getsockopt reads back
+/// (UDP_GRO, SO_RXQ_OVFL, UDP_SEGMENT, IP_RECVORIGDSTADDR...)? The swap then tries, and fails
+/// the connect naming the option if the kernel refuses either half.
+pub fn copyable(level: c_int, name: c_int) -> bool {
+    // MCAST_JOIN_GROUP .. MCAST_MSFILTER (42-48) at the IP and IPv6 levels: memberships.
+    let mcast = (level == I || level == V6) && (42..=48).contains(&name);
+    (level == S || level == I || level == V6 || level == T || level == libc::IPPROTO_UDP)
+        && !mcast
+        && !NOT_BYTES.contains(&(level, name))
+}
+
+/// Copy the options outside the table (see [`copyable`]) from `old` to `new`, as bytes.
+pub fn replay_bytes(old: c_int, new: c_int, which: &[Option<(c_int, c_int)>]) -> Result<(), (c_int, c_int)> {
+    for &(level, name) in which.iter().flatten() {
+        let mut buf = [0u8; 256];
+        let mut len = buf.len() as socklen_t;
+        // SAFETY: buf is writable for len bytes; then it holds len bytes read from the kernel.
+        let ok = unsafe {
+            real::getsockopt(old, level, name, buf.as_mut_ptr().cast(), &mut len) == 0
+                && real::setsockopt(new, level, name, buf.as_ptr().cast(), len) == 0
+        };
+        if !ok {
+            return Err((level, name));
+        }
+    }
+    Ok(())
+}
+
 /// The bit of an option in the replay table.
 pub fn bit(level: c_int, name: c_int) -> Option<u32> {
     REPLAY.iter().position(|&(l, n, _)| l == level && n == name).map(|i| i as u32)
@@ -242,6 +304,31 @@ mod tests {
             let mut len = 16;
             libc::getsockopt(new, T, libc::TCP_CONGESTION, name.as_mut_ptr().cast(), &mut len);
             assert!(name.starts_with(b"reno"));
+            libc::close(old);
+            libc::close(new);
+        }
+    }
+
+    #[test]
+    fn options_outside_the_table_copied_as_bytes() {
+        unsafe {
+            let old = libc::socket(libc::AF_INET, libc::SOCK_DGRAM, 0);
+            let new = libc::socket(libc::AF_INET, libc::SOCK_DGRAM, 0);
+            const UDP_GRO: c_int = 104;
+            set_u32(old, libc::IPPROTO_UDP, UDP_GRO, 1).unwrap();
+            set_u32(old, S, libc::SO_RXQ_OVFL, 1).unwrap();
+            assert!(copyable(libc::IPPROTO_UDP, UDP_GRO) && copyable(S, libc::SO_RXQ_OVFL));
+            assert!(!copyable(S, libc::SO_ATTACH_FILTER) && !copyable(I, libc::IP_ADD_MEMBERSHIP));
+            assert!(!copyable(V6, 42) && !copyable(libc::SOL_PACKET, 1));
+            replay_bytes(old, new, &[Some((libc::IPPROTO_UDP, UDP_GRO)), None, Some((S, libc::SO_RXQ_OVFL))])
+                .unwrap();
+            assert_eq!(get_int(new, libc::IPPROTO_UDP, UDP_GRO), Some(1));
+            assert_eq!(get_int(new, S, libc::SO_RXQ_OVFL), Some(1));
+            // An option the kernel does not read back fails, naming it.
+            assert_eq!(
+                replay_bytes(old, new, &[Some((I, libc::IP_ADD_MEMBERSHIP))]),
+                Err((I, libc::IP_ADD_MEMBERSHIP))
+            );
             libc::close(old);
             libc::close(new);
         }

@@ -39,7 +39,10 @@ pub fn fresh_like(old: c_int, family: c_int, ino: u64) -> Result<c_int, SwapErro
         if fl >= 0 && fl & libc::O_NONBLOCK != 0 {
             real::fcntl(new, libc::F_SETFL, libc::O_NONBLOCK as libc::c_ulong);
         }
-        if let Err((level, name)) = options::replay(old, new, mask) {
+        let extra = fdtable::extra_opts(old, ino);
+        if let Err((level, name)) =
+            options::replay(old, new, mask).and_then(|()| options::replay_bytes(old, new, &extra))
+        {
             real::close(new);
             return Err(SwapError::Option(level, name));
         }
@@ -103,7 +106,7 @@ mod tests {
                 libc::socket(libc::AF_INET, libc::SOCK_STREAM | libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC, 0);
             let ino = fdtable::ino(fd).unwrap();
             set_u32(fd, libc::IPPROTO_TCP, libc::TCP_NODELAY, 1).unwrap();
-            fdtable::record_opt(fd, ino, options::bit(libc::IPPROTO_TCP, libc::TCP_NODELAY), 0, 0);
+            fdtable::record_opt(fd, ino, options::bit(libc::IPPROTO_TCP, libc::TCP_NODELAY), 0, 0, false);
             let ep = libc::epoll_create1(libc::EPOLL_CLOEXEC);
             let mut ev = libc::epoll_event { events: (libc::EPOLLOUT | libc::EPOLLET) as u32, u64: 4242 };
             assert_eq!(libc::epoll_ctl(ep, libc::EPOLL_CTL_ADD, fd, &mut ev), 0);
@@ -142,7 +145,7 @@ mod tests {
         unsafe {
             let fd = libc::socket(libc::AF_INET, libc::SOCK_STREAM, 0);
             let ino = fdtable::ino(fd).unwrap();
-            fdtable::record_opt(fd, ino, None, libc::SOL_SOCKET, libc::SO_ATTACH_FILTER);
+            fdtable::record_opt(fd, ino, None, libc::SOL_SOCKET, libc::SO_ATTACH_FILTER, false);
             assert_eq!(
                 fresh_like(fd, libc::AF_INET, ino),
                 Err(SwapError::Option(libc::SOL_SOCKET, libc::SO_ATTACH_FILTER))
