@@ -38,9 +38,6 @@ const OWN_PORTS: (u16, u16) = (7000, 7999);
 
 /// Scenarios that show a bug not fixed yet: (scenario, what it shows). Shrink it as fixes land.
 const KNOWN: &[(u32, &str)] = &[
-    (45, "issue 9 case 8: the EPOLL_CTL_MOD probe re-arms a fired EPOLLONESHOT registration"),
-    (46, "issue 9 case 8: an epoll set holding the old socket through a dup reports a stale event"),
-    (47, "issue 9 case 8: O_ASYNC, F_SETOWN and F_SETSIG are not carried over a swap"),
     (48, "issue 9 case 7: the shim's own option values show through a dup taken before connect"),
     (54, "issue 9 case 7: the shim's own option values show in an exec'd child"),
     (55, "issue 9 case 7: a deferred bind(0.0.0.0, 0) is lost across exec"),

@@ -35,9 +35,23 @@ pub fn fresh_like(old: c_int, family: c_int, ino: u64) -> Result<c_int, SwapErro
         if new < 0 {
             return Err(SwapError::Sys(crate::errno::get()));
         }
+        // Signal-driven I/O belongs to the open file too: owner and signal first, then O_ASYNC.
+        // struct f_owner_ex { int type; pid_t pid; } (the libc crate lacks it).
+        const F_SETOWN_EX: c_int = 15;
+        const F_GETOWN_EX: c_int = 16;
+        const F_SETSIG: c_int = 10;
+        const F_GETSIG: c_int = 11;
+        let mut owner = [0 as c_int; 2];
+        if real::fcntl(old, F_GETOWN_EX, owner.as_mut_ptr() as libc::c_ulong) == 0 && owner[1] != 0 {
+            real::fcntl(new, F_SETOWN_EX, owner.as_ptr() as libc::c_ulong);
+        }
+        let sig = real::fcntl(old, F_GETSIG, 0);
+        if sig > 0 {
+            real::fcntl(new, F_SETSIG, sig as libc::c_ulong);
+        }
         let fl = real::fcntl(old, libc::F_GETFL, 0);
-        if fl >= 0 && fl & libc::O_NONBLOCK != 0 {
-            real::fcntl(new, libc::F_SETFL, libc::O_NONBLOCK as libc::c_ulong);
+        if fl >= 0 && fl & (libc::O_NONBLOCK | libc::O_ASYNC) != 0 {
+            real::fcntl(new, libc::F_SETFL, (fl & (libc::O_NONBLOCK | libc::O_ASYNC)) as libc::c_ulong);
         }
         let extra = fdtable::extra_opts(old, ino);
         if let Err((level, name)) =
@@ -48,6 +62,61 @@ pub fn fresh_like(old: c_int, family: c_int, ino: u64) -> Result<c_int, SwapErro
         }
         Ok(new)
     }
+}
+
+/// The registration of `fd` in epoll set `epfd` from `/proc/self/fdinfo/EPFD`: `None` if that
+/// cannot be read, `Some(None)` if `fd` is not in the set, else its current (events, data).
+fn epoll_entry(epfd: c_int, fd: c_int) -> Option<Option<(u32, u64)>> {
+    let mut path = [0u8; 48];
+    let mut w = &mut path[..];
+    use std::io::Write;
+    write!(w, "/proc/self/fdinfo/{epfd}\0").ok()?;
+    // SAFETY: a NUL-terminated path; our own descriptor, closed below.
+    let f = unsafe { libc::open(path.as_ptr().cast(), libc::O_RDONLY | libc::O_CLOEXEC) };
+    if f < 0 {
+        return None;
+    }
+    // Lines: "tfd: N events: HEX data: HEX  pos:..."; scanned chunk by chunk, no allocation.
+    let mut buf = [0u8; 4096];
+    let mut have = 0;
+    let mut found = None;
+    loop {
+        // SAFETY: reading into the free part of buf.
+        let n = unsafe { libc::read(f, buf[have..].as_mut_ptr().cast(), buf.len() - have) };
+        if n <= 0 {
+            break;
+        }
+        have += n as usize;
+        let mut start = 0;
+        while let Some(end) = buf[start..have].iter().position(|&b| b == b'\n') {
+            if found.is_none() {
+                found = parse_tfd_line(&buf[start..start + end], fd);
+            }
+            start += end + 1;
+        }
+        buf.copy_within(start..have, 0);
+        have -= start;
+        if have == buf.len() {
+            have = 0; // a line longer than the buffer: not a tfd line
+        }
+    }
+    // SAFETY: our descriptor.
+    unsafe { real::close(f) };
+    Some(found)
+}
+
+fn parse_tfd_line(line: &[u8], fd: c_int) -> Option<(u32, u64)> {
+    let line = std::str::from_utf8(line).ok()?;
+    let mut w = line.split_whitespace();
+    if w.next()? != "tfd:" || w.next()?.parse::<c_int>().ok()? != fd || w.next()? != "events:" {
+        return None;
+    }
+    let events = u32::from_str_radix(w.next()?, 16).ok()?;
+    if w.next()? != "data:" {
+        return None;
+    }
+    let data = u64::from_str_radix(w.next()?, 16).ok()?;
+    Some((events, data))
 }
 
 /// Put `new` in place of the program's `fd` (keeping FD_CLOEXEC and its epoll registration),
@@ -63,18 +132,31 @@ pub fn install(new: c_int, fd: c_int, expect: u64) -> Result<(), c_int> {
     if fdflags < 0 {
         return Err(crate::errno::get());
     }
-    // Is the recorded epoll registration real? MOD with the same values changes nothing and
-    // fails with ENOENT if the fd is not (or no longer) in that set.
-    let ep = fdtable::epoll_of(fd).filter(|&(epfd, events, data)| {
-        let mut ev = libc::epoll_event { events, u64: data };
-        // SAFETY: ev is a valid epoll_event; MOD with the recorded values is a no-op.
-        unsafe { libc::epoll_ctl(epfd, libc::EPOLL_CTL_MOD, fd, &mut ev) == 0 }
+    // Is the recorded epoll registration real, and what is its state now? The set's fdinfo
+    // says (a fired EPOLLONESHOT registration shows no event bits: it stays disarmed, except for
+    // EPOLLERR/EPOLLHUP, which every ADD implies). Without /proc, MOD with the recorded values (a
+    // no-op, ENOENT if the fd is not in that set; it re-arms a fired EPOLLONESHOT).
+    let ep = fdtable::epoll_of(fd).and_then(|(epfd, events, data)| match epoll_entry(epfd, fd) {
+        Some(Some((events, data))) => Some((epfd, events, data)),
+        Some(None) => None,
+        None => {
+            let mut ev = libc::epoll_event { events, u64: data };
+            // SAFETY: ev is a valid epoll_event; MOD with the recorded values is a no-op.
+            (unsafe { libc::epoll_ctl(epfd, libc::EPOLL_CTL_MOD, fd, &mut ev) } == 0)
+                .then_some((epfd, events, data))
+        }
     });
     let cloexec = if fdflags & libc::FD_CLOEXEC != 0 { libc::O_CLOEXEC } else { 0 };
     // The last look before overwriting the number: it must still be the socket being placed.
     // (What remains is the few hundred nanoseconds between this fstat and the dup3.)
     if fdtable::ino(fd) != Some(expect) {
         return Err(libc::EBADF);
+    }
+    if let Some((epfd, _, _)) = ep {
+        // The old socket leaves the set now: a dup of it the program still holds would otherwise
+        // keep it there, reporting its stale state under the fd's number.
+        // SAFETY: DEL takes no event.
+        unsafe { libc::epoll_ctl(epfd, libc::EPOLL_CTL_DEL, fd, std::ptr::null_mut()) };
     }
     // SAFETY: dup3 of our fresh socket over the program's fd, which holds the socket we place.
     if unsafe { real::dup3(new, fd, cloexec) } < 0 {
@@ -135,6 +217,34 @@ mod tests {
             let data = out[0].u64;
             assert_eq!(data, 4242);
             libc::close(fd);
+            libc::close(ep);
+        }
+    }
+
+    #[test]
+    fn epoll_state_from_fdinfo() {
+        assert_eq!(
+            parse_tfd_line(b"tfd:        7 events:       19 data:               2a  pos:0 ino:9 sdev:8", 7),
+            Some((0x19, 0x2a))
+        );
+        assert_eq!(parse_tfd_line(b"tfd:        7 events: 19 data: 2a", 8), None);
+        assert_eq!(parse_tfd_line(b"pos:\t0", 7), None);
+        unsafe {
+            let ep = libc::epoll_create1(libc::EPOLL_CLOEXEC);
+            let s = libc::socket(libc::AF_INET, libc::SOCK_STREAM, 0);
+            assert_eq!(epoll_entry(ep, s), Some(None));
+            let mut ev = libc::epoll_event { events: (libc::EPOLLOUT | libc::EPOLLONESHOT) as u32, u64: 99 };
+            assert_eq!(libc::epoll_ctl(ep, libc::EPOLL_CTL_ADD, s, &mut ev), 0);
+            // The kernel adds EPOLLERR | EPOLLHUP to every registration.
+            let implied = (libc::EPOLLERR | libc::EPOLLHUP) as u32;
+            let (events, data) = epoll_entry(ep, s).unwrap().unwrap();
+            assert_eq!((events & !implied, data), ((libc::EPOLLOUT | libc::EPOLLONESHOT) as u32, 99));
+            // Fired once (an unconnected socket is writable/hung up): disarmed, no event bits left.
+            let mut out = [libc::epoll_event { events: 0, u64: 0 }; 2];
+            assert_eq!(libc::epoll_wait(ep, out.as_mut_ptr(), 2, 100), 1);
+            let (events, _) = epoll_entry(ep, s).unwrap().unwrap();
+            assert_eq!(events & (libc::EPOLLOUT as u32), 0, "disarmed: {events:#x}");
+            libc::close(s);
             libc::close(ep);
         }
     }
