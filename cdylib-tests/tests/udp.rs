@@ -718,7 +718,9 @@ print("u_second", name(u))
     for key in ["xchg1", "xchg2", "u_xchg1", "u_xchg2"] {
         assert_eq!(out.expect_field(key), "ok", "{key}\n{}", out.dump());
     }
-    for key in ["unspec", "u_unspec", "after_unspec", "same_fd", "type", "cloexec"] {
+    // after_unspec: the slice address stays until the next flow (README: what the shim changes).
+    assert!(in_slice(local("after_unspec"), SLICE_IP, lo, hi), "{}", out.dump());
+    for key in ["unspec", "u_unspec", "same_fd", "type", "cloexec"] {
         assert_eq!(
             out.field(key),
             base.field(key),
@@ -742,11 +744,11 @@ print("u_second", name(u))
     assert!(servers[1].sources().contains(&local("u_second")), "{}", out.dump());
 }
 
-/// With a one-port slice: after connect(AF_UNSPEC) the disconnected socket no longer holds the
-/// port (another socket's first send may own it); while that owner lives, the disconnected
-/// socket's new connect gets EAGAIN; once it is closed, the connect gets the port again.
+/// With a one-port slice: after connect(AF_UNSPEC) the disconnected socket keeps its socket and
+/// port (datagrams already queued stay readable: issue 9 case 4) until its next connect or send,
+/// which is placed afresh; meanwhile another socket's first send cannot own that port (EAGAIN).
 #[test]
-fn af_unspec_releases_the_slice_port() {
+fn af_unspec_keeps_the_socket_until_its_next_flow() {
     let (lo, hi) = slice_ports(1);
     let servers = [UdpEcho::echo("127.0.0.1"), UdpEcho::echo("127.0.0.3")];
     let code = format!(
@@ -763,7 +765,7 @@ try:
     print("u_xchg", xchg(u, "u1", (h2, p2)))
     print("u_local", name(u))
 except OSError as e:
-    print("u_xchg err %d" % e.errno)
+    print("u_xchg err %s" % e.errno)
 try:
     s.connect((h1, p1))
     print("s_again ok", name(s))
@@ -788,17 +790,17 @@ except OSError as e:
     assert_eq!(out.expect_field("s_first"), one, "{}", out.dump());
     assert_eq!(out.expect_field("s_xchg1"), "ok", "{}", out.dump());
     assert_eq!(out.expect_field("unspec"), "0 0", "{}", out.dump());
-    assert_eq!(
-        out.expect_field("u_xchg"),
-        "ok",
+    // EAGAIN from sendto; python's socket timeout turns it into a wait, then a timeout (errno None).
+    let u = out.expect_field("u_xchg");
+    assert!(
+        u == format!("err {EAGAIN}") || u == "err None",
         "the disconnected socket still holds the only slice port: a first send elsewhere cannot own it\n{}",
         out.dump()
     );
-    assert_eq!(out.expect_field("u_local"), one, "{}", out.dump());
     assert_eq!(
         out.expect_field("s_again"),
-        format!("err {EAGAIN}"),
-        "the port is owned by an unconnected socket: a connect must not share it\n{}",
+        format!("ok {one}"),
+        "the disconnected socket's next connect is placed afresh\n{}",
         out.dump()
     );
     assert_eq!(out.expect_field("s_after_close"), format!("ok {one}"), "{}", out.dump());
@@ -807,9 +809,7 @@ except OSError as e:
     assert_eq!(s1.len(), 1, "{s1:?}\n{}", out.dump());
     expect_in_slice(&s1, SLICE_IP, lo, hi, "server 1", &out);
     assert_eq!(servers[0].datagrams().len(), 2, "{}", out.dump());
-    let s2 = servers[1].wait_sources(1);
-    assert_eq!(s2.len(), 1, "{s2:?}\n{}", out.dump());
-    expect_in_slice(&s2, SLICE_IP, lo, hi, "server 2", &out);
+    assert!(servers[1].sources().is_empty(), "{}", out.dump());
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -73,6 +73,9 @@ pub mod flag {
     /// A UDP socket connected through the cookie check: its port is shared with other peers'
     /// sockets, so a connect to another peer must be checked again (on a fresh socket).
     pub const SHARED_PORT: u64 = 1 << 13;
+    /// A UDP socket on a shared port was disconnected (connect AF_UNSPEC): it keeps its socket
+    /// (datagrams already queued stay readable) and its next connect or send is placed afresh.
+    pub const DISCONNECTED: u64 = 1 << 14;
 }
 
 /// A zeroed anonymous mapping of `bytes` (zeroed memory is a valid array of atomics), installed

@@ -109,8 +109,10 @@ pub fn send(
     if named {
         if !fastopen {
             let settled = fdtable::occupied(fd)
-                && fdtable::ino(fd)
-                    .is_some_and(|ino| fdtable::flags(fd, ino) & (flag::PLACED | flag::SETTLED) != 0);
+                && fdtable::ino(fd).is_some_and(|ino| {
+                    let f = fdtable::flags(fd, ino);
+                    f & (flag::PLACED | flag::SETTLED) != 0 && f & flag::DISCONNECTED == 0
+                });
             if settled {
                 return Next::Pass;
             }
@@ -172,10 +174,12 @@ fn outgoing(fd: c_int, dst: SocketAddr, call: Call, nested: bool) -> Next {
         if call == Call::Connect && sock.proto == Proto::Tcp && flags & flag::SHIM_REUSEADDR == 0 {
             crate::strategy::exclusive::share_on_connect(fd, ino);
         }
-        let recheck = call == Call::Connect
-            && sock.proto == Proto::Udp
-            && flags & flag::SHARED_PORT != 0
-            && addr::peer(fd).is_none_or(|p| addr::canonical(p) != addr::canonical(dst));
+        // After a disconnect (connect AF_UNSPEC), the next connect or send is placed afresh.
+        let recheck = flags & flag::DISCONNECTED != 0
+            || (call == Call::Connect
+                && sock.proto == Proto::Udp
+                && flags & flag::SHARED_PORT != 0
+                && addr::peer(fd).is_none_or(|p| addr::canonical(p) != addr::canonical(dst)));
         if !recheck {
             return Next::Pass;
         }
@@ -489,8 +493,16 @@ fn conclude(fd: c_int, dst: SocketAddr, kind: Kind, r: Placed) -> Next {
     let tried = flag::SHIM_BOUND;
     match r {
         Placed::Ok { ret, errno: e, slice, local } => {
-            let shared = if kind == Kind::UdpShared { flag::SHARED_PORT } else { 0 };
-            fdtable::update(fd, ino, flag::PLACED | tried | shared, flag::DEFERRED_BIND);
+            // The entry may come from the socket this one replaced (a swap keeps it): its port is
+            // shared only if this placement shares it, and it is no longer disconnected.
+            let (shared, owned) =
+                if kind == Kind::UdpShared { (flag::SHARED_PORT, 0) } else { (0, flag::SHARED_PORT) };
+            fdtable::update(
+                fd,
+                ino,
+                flag::PLACED | tried | shared,
+                flag::DEFERRED_BIND | flag::DISCONNECTED | owned,
+            );
             stats::bump(counter);
             if kind == Kind::KernelFallback {
                 stats::bump(C::kernel_fallbacks);
@@ -550,33 +562,14 @@ fn conclude(fd: c_int, dst: SocketAddr, kind: Kind, r: Placed) -> Next {
 }
 
 /// connect(AF_UNSPEC) succeeded. A UDP socket the shim placed keeps its (shared) slice port
-/// after a disconnect; left bound, its next connect would skip the check and could duplicate a
-/// 4-tuple. It gets a fresh unbound socket instead, and its next connect or send is placed afresh.
+/// after a disconnect; left so, its next connect would skip the check and could duplicate a
+/// 4-tuple. It is marked instead: the program keeps its socket (datagrams already queued stay
+/// readable), and its next connect or send is placed afresh, on a fresh socket.
 fn disconnected(fd: c_int) {
     let Some(ino) = fdtable::ino(fd) else { return };
-    let flags = fdtable::flags(fd, ino);
-    if flags & flag::PLACED == 0
-        || addr::get_int(fd, libc::SOL_SOCKET, libc::SO_PROTOCOL) != Some(libc::IPPROTO_UDP)
-    {
-        return;
-    }
-    let family = addr::local(fd).map(|(f, _)| f).unwrap_or(libc::AF_INET);
-    match crate::sys::swap::fresh_like(fd, family, ino) {
-        Ok(new) => {
-            if crate::sys::swap::install(new, fd, ino).is_ok() {
-                let ino = fdtable::ino(fd).unwrap_or(0);
-                fdtable::update(
-                    fd,
-                    ino,
-                    0,
-                    flag::PLACED | flag::SETTLED | flag::SHIM_BOUND | flag::SHARED_PORT,
-                );
-                stats::bump(C::swaps);
-            } else {
-                // SAFETY: our fresh socket.
-                unsafe { crate::real::close(new) };
-            }
-        }
-        Err(e) => log::warn!("fd {fd}: disconnected UDP socket keeps its slice port ({e:?})"),
+    // Only a shared port needs placing again: an owned one (the program's bind(SLICE_IP, 0), a
+    // first send's port) is the socket's own, and the kernel keeps an explicit bind's port.
+    if fdtable::flags(fd, ino) & flag::SHARED_PORT != 0 {
+        fdtable::update(fd, ino, flag::DISCONNECTED, 0);
     }
 }

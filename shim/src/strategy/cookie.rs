@@ -96,7 +96,10 @@ impl<'r> Cookie<'r> {
             stats::bump(C::lookups);
             let found = diag::udp(s, local, self.dst, ifindex(s));
             let free = match (ours, found) {
-                (Some(c), Ok(Some(f))) => f.cookie == c,
+                (Some(c), Ok(Some(f))) if f.cookie == c => true,
+                // The socket this placement replaces (the program's, still in its fd, e.g. after
+                // connect(AF_UNSPEC)) goes away with the swap: it is no other flow's holder.
+                (Some(_), Ok(Some(f))) => !t.is_own() && diag::cookie(t.fd) == Some(f.cookie),
                 (_, Err(diag::DiagError(e))) => return t.done(Placed::Setup(e)),
                 // Our own bound socket must be found; anything else is not a safe answer.
                 _ => false,
