@@ -42,11 +42,6 @@ const KNOWN: &[(u32, &str)] = &[
     (54, "issue 9 case 7: the shim's own option values show in an exec'd child"),
     (55, "issue 9 case 7: a deferred bind(0.0.0.0, 0) is lost across exec"),
     (57, "issue 9 case 7: the shim's SO_REUSEADDR shows in an exec'd child (UDP)"),
-    (68, "issue 9 case 1: send() without an address autobinds; the next sendto leaves outside the slice"),
-    (69, "issue 9 case 1: write() autobinds; the next flow leaves outside the slice"),
-    (70, "issue 9 case 1: sendmsg() without an address autobinds; the next flow leaves outside the slice"),
-    (71, "issue 9 case 1: a connect with a bad length autobinds; the next flow leaves outside the slice"),
-    (72, "issue 9 case 1: a sendto with a short sockaddr_in6 autobinds; the next flow leaves outside the slice"),
 ];
 
 /// The scenario that connects to port 0 (its flows cannot carry their number in the port).

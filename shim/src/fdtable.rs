@@ -76,6 +76,12 @@ pub mod flag {
     /// A UDP socket on a shared port was disconnected (connect AF_UNSPEC): it keeps its socket
     /// (datagrams already queued stay readable) and its next connect or send is placed afresh.
     pub const DISCONNECTED: u64 = 1 << 14;
+    /// A UDP socket created by socket() in this process: a port it has while the program never
+    /// bound it (`PROG_BOUND`) is the kernel's automatic one — taken by a call that failed
+    /// (send() or write() without an address, a connect with a bad length) — not the program's.
+    pub const CREATED_HERE: u64 = 1 << 15;
+    /// The program bound the socket to a port itself.
+    pub const PROG_BOUND: u64 = 1 << 16;
 }
 
 /// A zeroed anonymous mapping of `bytes` (zeroed memory is a valid array of atomics), installed

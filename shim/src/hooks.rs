@@ -170,8 +170,19 @@ pub unsafe extern "C-unwind" fn sendmmsg(
 #[no_mangle]
 pub unsafe extern "C-unwind" fn socket(domain: c_int, ty: c_int, protocol: c_int) -> c_int {
     // SAFETY: the program's own arguments, passed on unchanged to the real function.
-    let fd = unsafe { real::socket(domain, ty, protocol) };
-    born(fd)
+    let fd = born(unsafe { real::socket(domain, ty, protocol) });
+    if fd >= 0 && matches!(domain, libc::AF_INET | libc::AF_INET6) && ty & 0xf == libc::SOCK_DGRAM && engaged() {
+        // A UDP socket: marked as created here (its port, until the program binds it, is the
+        // kernel's: see `flag::CREATED_HERE`). One fstat, for datagram sockets only.
+        let e0 = errno::get();
+        inside(|nested| {
+            if !nested {
+                fds::udp_created(fd, protocol)
+            }
+        });
+        errno::set(e0);
+    }
+    fd
 }
 
 /// accept is a cancellation point: the call is made from this frame, which holds plain data.

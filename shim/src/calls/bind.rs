@@ -99,7 +99,15 @@ pub unsafe fn bind(fd: c_int, sa: *const sockaddr, len: socklen_t) -> c_int {
     }
     if req.port() != 0 {
         // SAFETY: the program's own arguments (valid as the libc call requires), passed on unchanged.
-        return unsafe { real::bind(fd, sa, len) };
+        let r = unsafe { real::bind(fd, sa, len) };
+        if r == 0 && fdtable::occupied(fd) {
+            let e0 = errno::get();
+            if let Some(ino) = fdtable::ino(fd) {
+                fdtable::update(fd, ino, flag::PROG_BOUND, 0);
+            }
+            errno::set(e0);
+        }
+        return r;
     }
     let e0 = errno::get();
     let (Some(sock), Some(ino)) = (Sock::of(fd), fdtable::ino(fd)) else {

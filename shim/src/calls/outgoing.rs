@@ -201,7 +201,14 @@ fn outgoing(fd: c_int, dst: SocketAddr, call: Call, nested: bool) -> Next {
         // connect() on a listener: the kernel says EISCONN and the listener keeps working.
         return Next::Pass;
     }
-    let not_programs = flags & (flag::SHIM_BOUND | flag::WILDCARD_PORT) != 0;
+    // A UDP socket created here and never bound by the program, yet holding a port on the
+    // wildcard address: the kernel took it for a call that failed (send() or write() without an
+    // address, a connect with a bad length). Not the program's choice: the flow is placed.
+    let kernel_port = flags & (flag::CREATED_HERE | flag::PROG_BOUND) == flag::CREATED_HERE
+        && sock.proto == Proto::Udp
+        && sock.local.port() != 0
+        && sock.local.ip().is_unspecified();
+    let not_programs = flags & (flag::SHIM_BOUND | flag::WILDCARD_PORT) != 0 || kernel_port;
     let deferred = flags & flag::DEFERRED_BIND != 0;
     match scope::decide(&active.cfg, sock.local, not_programs, dst, call) {
         // A TCP connect to port 0 of a real address still sends a SYN (answered by a reset): the
