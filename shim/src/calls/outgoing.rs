@@ -514,6 +514,9 @@ fn conclude(fd: c_int, dst: SocketAddr, kind: Kind, r: Placed) -> Next {
             if kind == Kind::KernelFallback {
                 stats::bump(C::kernel_fallbacks);
             }
+            if matches!(kind, Kind::Tcp(Tcp::Kernel) | Kind::KernelFallback) {
+                restore_after_connect(fd, ino);
+            }
             log::debug!("fd {fd} to {dst}: placed at {local} (slice {slice}, {counter:?})");
             Next::Return { ret, errno: e }
         }
@@ -568,6 +571,23 @@ fn conclude(fd: c_int, dst: SocketAddr, kind: Kind, r: Placed) -> Next {
     }
 }
 
+/// IP_BIND_ADDRESS_NO_PORT and IP_LOCAL_PORT_RANGE served only the connect that chose the port:
+/// the program's own values go back on the socket, so that what the kernel reports — through a
+/// dup made before connect, or in an exec'd child — is the program's (issue 9 case 7).
+/// (SO_REUSEADDR stays 1: other sockets share the port with this one.)
+fn restore_after_connect(fd: c_int, ino: u64) {
+    let f = fdtable::flags(fd, ino);
+    if f & flag::SHIM_NO_PORT != 0 {
+        let own = u32::from(f & flag::PROG_NO_PORT != 0);
+        let _ = addr::set_u32(fd, libc::IPPROTO_IP, libc::IP_BIND_ADDRESS_NO_PORT, own);
+    }
+    if f & flag::SHIM_RANGE != 0 {
+        let own = fdtable::prog_range(fd, ino);
+        let _ = addr::set_u32(fd, libc::IPPROTO_IP, crate::sys::sysctl::IP_LOCAL_PORT_RANGE, own);
+    }
+    fdtable::update(fd, ino, 0, flag::SHIM_NO_PORT | flag::SHIM_RANGE);
+}
+
 /// connect(AF_UNSPEC) succeeded. A UDP socket the shim placed keeps its (shared) slice port
 /// after a disconnect; left so, its next connect would skip the check and could duplicate a
 /// 4-tuple. It is marked instead: the program keeps its socket (datagrams already queued stay
@@ -576,7 +596,15 @@ fn disconnected(fd: c_int) {
     let Some(ino) = fdtable::ino(fd) else { return };
     // Only a shared port needs placing again: an owned one (the program's bind(SLICE_IP, 0), a
     // first send's port) is the socket's own, and the kernel keeps an explicit bind's port.
-    if fdtable::flags(fd, ino) & flag::SHARED_PORT != 0 {
+    let f = fdtable::flags(fd, ino);
+    if f & flag::SHARED_PORT != 0 {
         fdtable::update(fd, ino, flag::DISCONNECTED, 0);
+    } else if f & flag::PLACED != 0
+        && addr::get_int(fd, libc::SOL_SOCKET, libc::SO_PROTOCOL) == Some(libc::IPPROTO_TCP)
+    {
+        // A disconnected TCP socket: the kernel released a port it chose (kernel strategy; its
+        // getsockname still shows it), so the next connect is placed again — left alone it would
+        // take an automatic port from outside the slice.
+        fdtable::update(fd, ino, 0, flag::PLACED);
     }
 }
