@@ -38,7 +38,6 @@ const OWN_PORTS: (u16, u16) = (7000, 7999);
 
 /// Scenarios that show a bug not fixed yet: (scenario, what it shows). Shrink it as fixes land.
 const KNOWN: &[(u32, &str)] = &[
-    (48, "issue 9 case 7: the shim's own option values show through a dup taken before connect"),
     (54, "issue 9 case 7: the shim's own option values show in an exec'd child"),
     (55, "issue 9 case 7: a deferred bind(0.0.0.0, 0) is lost across exec"),
     (57, "issue 9 case 7: the shim's SO_REUSEADDR shows in an exec'd child (UDP)"),

@@ -298,6 +298,52 @@ pub fn clear(fd: c_int) {
     }
 }
 
+/// Another descriptor of the same socket `ino` whose entry has one of the `bits` (a dup made
+/// before the shim changed an option on the original fd knows nothing of it). Scans the chunks
+/// in use: for the rare reads of the options the shim manages.
+pub fn sibling(fd: c_int, ino: u64, bits: u64) -> Option<c_int> {
+    for (t, top) in TABLE.iter().enumerate() {
+        let m = top.load(Relaxed);
+        if m.is_null() {
+            continue;
+        }
+        // SAFETY: an installed mid table, never freed.
+        let m = unsafe { &*m };
+        for (c, chunk) in m.iter().enumerate() {
+            let p = chunk.load(Relaxed);
+            if p.is_null() {
+                continue;
+            }
+            for lo in 0..CHUNK {
+                // SAFETY: an installed chunk of CHUNK entries, never unmapped.
+                let e = unsafe { &*p.add(lo) };
+                let other = (t * CHUNKS + c) * CHUNK + lo;
+                if other != fd as usize && e.ino.load(Relaxed) == ino && e.flags.load(Relaxed) & bits != 0 {
+                    return c_int::try_from(other).ok();
+                }
+            }
+        }
+    }
+    None
+}
+
+/// Forget every fd in `first..=last` (unmapped ranges are skipped whole).
+pub fn clear_range(first: c_int, last: c_int) {
+    let (Ok(mut fd), Ok(last)) = (usize::try_from(first.max(0)), usize::try_from(last)) else { return };
+    while fd <= last {
+        let Some(m) = mid(fd, false) else {
+            fd = (fd / (CHUNK * CHUNKS) + 1) * (CHUNK * CHUNKS);
+            continue;
+        };
+        if m[(fd / CHUNK) % CHUNKS].load(Relaxed).is_null() {
+            fd = (fd / CHUNK + 1) * CHUNK;
+            continue;
+        }
+        clear(fd as c_int);
+        fd += 1;
+    }
+}
+
 /// `to` now refers to the same socket as `from` (dup): copy the entry, or clear `to`.
 pub fn copy(from: c_int, to: c_int) {
     match slot(from, false) {
@@ -382,7 +428,6 @@ mod tests {
         epoll_record(5002, 9, Some((1, 2)));
         clear(5002);
         assert_eq!(epoll_of(5002), None);
-
     }
 
     #[test]

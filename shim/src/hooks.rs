@@ -171,7 +171,11 @@ pub unsafe extern "C-unwind" fn sendmmsg(
 pub unsafe extern "C-unwind" fn socket(domain: c_int, ty: c_int, protocol: c_int) -> c_int {
     // SAFETY: the program's own arguments, passed on unchanged to the real function.
     let fd = born(unsafe { real::socket(domain, ty, protocol) });
-    if fd >= 0 && matches!(domain, libc::AF_INET | libc::AF_INET6) && ty & 0xf == libc::SOCK_DGRAM && engaged() {
+    if fd >= 0
+        && matches!(domain, libc::AF_INET | libc::AF_INET6)
+        && ty & 0xf == libc::SOCK_DGRAM
+        && engaged()
+    {
         // A UDP socket: marked as created here (its port, until the program binds it, is the
         // kernel's: see `flag::CREATED_HERE`). One fstat, for datagram sockets only.
         let e0 = errno::get();
@@ -194,7 +198,12 @@ pub unsafe extern "C-unwind" fn accept(fd: c_int, addr: *mut sockaddr, len: *mut
 }
 
 #[no_mangle]
-pub unsafe extern "C-unwind" fn accept4(fd: c_int, addr: *mut sockaddr, len: *mut socklen_t, flags: c_int) -> c_int {
+pub unsafe extern "C-unwind" fn accept4(
+    fd: c_int,
+    addr: *mut sockaddr,
+    len: *mut socklen_t,
+    flags: c_int,
+) -> c_int {
     // SAFETY: the program's own arguments, passed on unchanged to the real function.
     let s = unsafe { real::accept4(fd, addr, len, flags) };
     born(s)
@@ -279,7 +288,9 @@ pub unsafe extern "C-unwind" fn getsockopt(
     val: *mut c_void,
     len: *mut socklen_t,
 ) -> c_int {
-    if !crate::sys::options::managed(level, name) || !crate::fdtable::occupied(fd) || !engaged() {
+    // Also for an fd without an entry: a dup made before the shim changed the socket (the
+    // original fd's entry answers). Only the three managed options, which programs rarely read.
+    if !crate::sys::options::managed(level, name) || !engaged() {
         // SAFETY: the program's own arguments, passed on unchanged to the real function.
         return unsafe { real::getsockopt(fd, level, name, val, len) };
     }

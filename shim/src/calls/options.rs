@@ -65,12 +65,27 @@ pub unsafe fn getsockopt(
 ) -> c_int {
     // SAFETY: the program's own option buffer, valid for `len` bytes as setsockopt/getsockopt require.
     let r = unsafe { real::getsockopt(fd, level, name, val, len) };
-    if r != 0 || val.is_null() || len.is_null() || !options::managed(level, name) || !fdtable::occupied(fd) {
+    // Not only occupied fds: a dup made before the shim placed the socket has no entry of its own.
+    if r != 0
+        || val.is_null()
+        || len.is_null()
+        || !options::managed(level, name)
+        || !matches!(mode(), Some(Mode::Active(_)))
+    {
         return r;
     }
     let e0 = errno::get();
     if let Some(ino) = fdtable::ino(fd) {
-        let f = fdtable::flags(fd, ino);
+        let shim_bits = flag::SHIM_NO_PORT | flag::SHIM_RANGE | flag::SHIM_REUSEADDR;
+        let mut f = fdtable::flags(fd, ino);
+        let mut fd = fd;
+        if f & shim_bits == 0 {
+            // A dup made before the shim changed the socket: the original fd's entry knows.
+            if let Some(other) = fdtable::sibling(fd, ino, shim_bits) {
+                fd = other;
+                f = fdtable::flags(fd, ino);
+            }
+        }
         let own = match (level, name) {
             (libc::IPPROTO_IP, libc::IP_BIND_ADDRESS_NO_PORT) if f & flag::SHIM_NO_PORT != 0 => {
                 Some(u32::from(f & flag::PROG_NO_PORT != 0))
