@@ -38,9 +38,7 @@ const OWN_PORTS: (u16, u16) = (7000, 7999);
 
 /// Scenarios that show a bug not fixed yet: (scenario, what it shows). Shrink it as fixes land.
 const KNOWN: &[(u32, &str)] = &[
-    (54, "issue 9 case 7: the shim's own option values show in an exec'd child"),
-    (55, "issue 9 case 7: a deferred bind(0.0.0.0, 0) is lost across exec"),
-    (57, "issue 9 case 7: the shim's SO_REUSEADDR shows in an exec'd child (UDP)"),
+    (55, "issue 9 case 7: a deferred bind(0.0.0.0, 0) lives in the parent's memory: an exec'd child sees port 0 until it connects or listens"),
 ];
 
 /// The scenario that connects to port 0 (its flows cannot carry their number in the port).
