@@ -327,23 +327,6 @@ pub fn sibling(fd: c_int, ino: u64, bits: u64) -> Option<c_int> {
     None
 }
 
-/// Forget every fd in `first..=last` (unmapped ranges are skipped whole).
-pub fn clear_range(first: c_int, last: c_int) {
-    let (Ok(mut fd), Ok(last)) = (usize::try_from(first.max(0)), usize::try_from(last)) else { return };
-    while fd <= last {
-        let Some(m) = mid(fd, false) else {
-            fd = (fd / (CHUNK * CHUNKS) + 1) * (CHUNK * CHUNKS);
-            continue;
-        };
-        if m[(fd / CHUNK) % CHUNKS].load(Relaxed).is_null() {
-            fd = (fd / CHUNK + 1) * CHUNK;
-            continue;
-        }
-        clear(fd as c_int);
-        fd += 1;
-    }
-}
-
 /// `to` now refers to the same socket as `from` (dup): copy the entry, or clear `to`.
 pub fn copy(from: c_int, to: c_int) {
     match slot(from, false) {
