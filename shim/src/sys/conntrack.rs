@@ -204,10 +204,10 @@ fn trouble(what: &str, a: Result<Answer, c_int>) {
 // opens one in the calling thread's network namespace) and puts it back when done: two threads,
 // or a signal handler and the code it interrupted, never use one socket at the same time, and a
 // fork child never uses its parent's (the slot carries the owner's pid). The number is checked
-// to still hold our socket (device, inode) when taken, before dropping a read reply and before
-// closing. ctnetlink answers inside the `sendto` call, so the reply is peeked without waiting
-// (MSG_PEEK | MSG_DONTWAIT), accepted only from the kernel's netlink address, then dropped from
-// the queue. Raw syscalls: no cancellation point, no hook.
+// to still hold our socket (device, inode) when taken, before reading the reply and before
+// closing. ctnetlink answers inside the `sendto` call, so the reply is read without waiting
+// (MSG_DONTWAIT) and accepted only from the kernel's netlink address. Raw syscalls: no
+// cancellation point, no hook. Per request: fstat, getpid, sendto, fstat, recvmsg.
 
 static SEQ: AtomicU32 = AtomicU32::new(1);
 /// The idle socket: `pid << 32 | (fd + 1)` (0 = empty; FILLING while its identity is written).
@@ -239,17 +239,21 @@ struct Netlink {
     fd: c_int,
     id: (u64, u64),
     ok: bool,
+    /// This process (fork children never use their parent's socket).
+    pid: i32,
 }
 
 impl Netlink {
+    /// The idle socket (checked to be ours just now), or a new one.
     fn get() -> Result<Netlink, c_int> {
+        let me = pid();
         let v = SLOT.load(Relaxed);
         if v != 0 && v != FILLING && SLOT.compare_exchange(v, 0, Acquire, Relaxed).is_ok() {
             let (owner, fd) = ((v >> 32) as i32, (v as u32 as c_int) - 1);
             let id = (SLOT_DEV.load(Relaxed), SLOT_INO.load(Relaxed));
             if identity(fd) == Some(id) {
-                if owner == pid() {
-                    return Ok(Netlink { fd, id, ok: false });
+                if owner == me {
+                    return Ok(Netlink { fd, id, ok: false, pid: me });
                 }
                 close_raw(fd); // the parent's, inherited through fork: this copy goes
             }
@@ -265,7 +269,7 @@ impl Netlink {
         if fd < 0 {
             return Err(crate::errno::get());
         }
-        identity(fd).map(|id| Netlink { fd, id, ok: false }).ok_or(libc::EBADF)
+        identity(fd).map(|id| Netlink { fd, id, ok: false, pid: me }).ok_or(libc::EBADF)
     }
 
     fn ours(&self) -> Result<c_int, c_int> {
@@ -282,7 +286,7 @@ impl Drop for Netlink {
         if self.ok && SLOT.compare_exchange(0, FILLING, Relaxed, Relaxed).is_ok() {
             SLOT_DEV.store(self.id.0, Relaxed);
             SLOT_INO.store(self.id.1, Relaxed);
-            SLOT.store((pid() as u32 as u64) << 32 | (self.fd as u32 as u64 + 1), Release);
+            SLOT.store((self.pid as u32 as u64) << 32 | (self.fd as u32 as u64 + 1), Release);
             return;
         }
         if let Ok(fd) = self.ours() {
@@ -306,8 +310,8 @@ fn ask_on(nl: &Netlink, msg: &mut ct::Msg) -> Result<Answer, c_int> {
     // SAFETY: sockaddr_nl is plain data; all-zero is valid (nl_pid 0 = the kernel).
     let mut kernel: libc::sockaddr_nl = unsafe { std::mem::zeroed() };
     kernel.nl_family = libc::AF_NETLINK as u16;
-    let fd = nl.ours()?;
-    // SAFETY: b and kernel are valid for their sizes; fd was checked to be our socket.
+    let fd = nl.fd; // checked to be ours when taken, just now
+                    // SAFETY: b and kernel are valid for their sizes; fd was checked to be our socket.
     let n = unsafe {
         libc::syscall(
             libc::SYS_sendto,
@@ -322,8 +326,9 @@ fn ask_on(nl: &Netlink, msg: &mut ct::Msg) -> Result<Answer, c_int> {
     if n < 0 {
         return Err(crate::errno::get());
     }
-    let mut buf = [0u64; 128]; // 1 KiB, aligned
-                               // SAFETY: sockaddr_nl is plain data.
+    // The answer: 1 KiB, aligned.
+    let mut buf = [0u64; 128];
+    // SAFETY: sockaddr_nl is plain data.
     let mut from: libc::sockaddr_nl = unsafe { std::mem::zeroed() };
     let mut iov = libc::iovec { iov_base: buf.as_mut_ptr().cast(), iov_len: std::mem::size_of_val(&buf) };
     // SAFETY: msghdr is plain data; the fields set below point at live buffers.
@@ -332,16 +337,13 @@ fn ask_on(nl: &Netlink, msg: &mut ct::Msg) -> Result<Answer, c_int> {
     mh.msg_namelen = std::mem::size_of::<libc::sockaddr_nl>() as libc::socklen_t;
     mh.msg_iov = &mut iov;
     mh.msg_iovlen = 1;
+    // The reply was queued before sendto returned: read it without waiting, after checking
+    // (again) that the number still holds our socket.
+    let fd = nl.ours()?;
     let n = loop {
         // SAFETY: mh points at valid buffers for its whole use.
-        let n = unsafe {
-            libc::syscall(
-                libc::SYS_recvmsg,
-                fd,
-                &mut mh as *mut libc::msghdr,
-                libc::MSG_PEEK | libc::MSG_DONTWAIT,
-            )
-        };
+        let n =
+            unsafe { libc::syscall(libc::SYS_recvmsg, fd, &mut mh as *mut libc::msghdr, libc::MSG_DONTWAIT) };
         if n < 0 && crate::errno::get() == libc::EINTR {
             continue;
         }
@@ -352,22 +354,6 @@ fn ask_on(nl: &Netlink, msg: &mut ct::Msg) -> Result<Answer, c_int> {
     }
     if from.nl_family != libc::AF_NETLINK as u16 || from.nl_pid != 0 {
         return Err(libc::EPROTO);
-    }
-    {
-        // The socket serves the next request too: drop this reply from its queue.
-        let fd = nl.ours()?;
-        // SAFETY: a raw recvfrom with no buffer and no address on our own socket.
-        unsafe {
-            libc::syscall(
-                libc::SYS_recvfrom,
-                fd,
-                std::ptr::null_mut::<libc::c_void>(),
-                0usize,
-                libc::MSG_DONTWAIT | libc::MSG_TRUNC,
-                std::ptr::null_mut::<libc::sockaddr>(),
-                std::ptr::null_mut::<libc::socklen_t>(),
-            )
-        };
     }
     // SAFETY: n bytes of buf were written.
     let bytes = unsafe { std::slice::from_raw_parts(buf.as_ptr().cast::<u8>(), n as usize) };
