@@ -11,7 +11,14 @@
 //!
 //! UDP: socket() + connect() + close() cycles, the median cycle time with and without the shim.
 //!
-//! Configurations run interleaved, `--rounds` times; each figure is the median over rounds.
+//! Configurations run interleaved, `--rounds` times; each figure is the median over rounds
+//! (TCP: the client's CPU time per connect; ratios: each round against that round's no-shim run).
+//!
+//! Issue 11 (`cost.rs`, also alone with `--cost-only`): hook costs in ns from millions of calls
+//! (the hooked symbol against libc's own function, alternating in one process), TCP throughput
+//! at 1, 2 and 16 threads, the RSS the shim adds, a TIME_WAIT-heavy run (two namespaces, a
+//! 512-port slice, the client closing first, 5 s per strategy), then every issue-11 row with its
+//! target.
 //!
 //! Conntrack (issue 10, as root): the retry strategy's connect cost on a veth pair between
 //! network namespaces, with conntrack inactive and active, and with PORTRANGE_CONNTRACK off,
@@ -22,6 +29,8 @@
 // the strategies' CPU cost under churn (examples/bench/churn.rs).
 #[path = "bench/churn.rs"]
 mod churn;
+#[path = "bench/cost.rs"]
+mod cost;
 #[path = "bench/nginx.rs"]
 mod nginx;
 // The conntrack rows (issue 10): examples/bench/conntrack.rs.
@@ -53,6 +62,14 @@ fn main() {
         Some("--udp-child") => return udp_child(&args[2], args[3].parse().expect("n")),
         Some("--sendto-child") => return sendto_child(&args[2], args[3].parse().expect("n")),
         Some("--hold") => return hold(&args[2], args[3].parse().expect("n")),
+        Some("--hook-child") => return cost::hook_child(&args[2], args[3].parse().expect("n")),
+        Some("--threads-child") => {
+            return cost::threads_child(&args[2], args[3].parse().expect("n"), args[4].parse().expect("t"))
+        }
+        Some("--rss-child") => return cost::rss_child(&args[2]),
+        Some("--tw-client") => {
+            return cost::tw_client(args[2].parse().expect("port"), args[3].parse().expect("s"))
+        }
         Some("--churn-server") => return churn::server(args[2].parse().expect("port"), &args[3]),
         Some("--churn-client") => {
             return churn::client(args[2].parse().expect("port"), args[3].parse().expect("n"), &args[4])
@@ -146,12 +163,14 @@ fn main() {
         }
     }
     let base_us = median(results[0].iter().map(|m| m.us).collect());
+    // Each round's figure against the no-shim run of the same round, then the median.
+    let ratio_of = |i: usize| median((0..rounds).map(|r| results[i][r].us / results[0][r].us).collect());
     println!();
     println!(
         "{:<36} {:>11} {:>11} {:>10} {:>9} {:>9}",
-        "TCP configuration", "µs/connect", "connects/s", "vs no shim", "binds/c", "lookups/c"
+        "TCP configuration", "CPU µs/c", "connects/s", "vs no shim", "binds/c", "lookups/c"
     );
-    for (c, r) in confs.iter().zip(&results) {
+    for (i, (c, r)) in confs.iter().zip(&results).enumerate() {
         let us = median(r.iter().map(|m| m.us).collect());
         let per = |f: fn(&Measured) -> f64| -> String {
             if c.env.is_empty() {
@@ -165,7 +184,7 @@ fn main() {
             c.name,
             us,
             1e6 / us,
-            us / base_us,
+            ratio_of(i),
             per(|m| m.binds),
             per(|m| m.lookups)
         );
@@ -204,6 +223,58 @@ fn main() {
         println!("{:<36} {:>11.2} {:>9.2}x", c.name, m, m / send_base);
     }
     drop(udp_server);
+
+    // Issue 11: hook costs, threads, RSS, TIME_WAIT-heavy, and every row with its target.
+    let hooks = cost::hooks(&so, rounds, flag("--calls", 2_000_000));
+    let threads = cost::threads(&so, rounds, addr, n, &big);
+    let rss = cost::rss(&so, addr, &big);
+    let tw = cost::timewait(&so);
+    let ratio = ratio_of;
+    let udp_ratio = median((0..rounds).map(|r| udp[1][r] / udp[0][r]).collect());
+    let _ = base_us;
+    let mut rows = Vec::new();
+    for (kind, _, added) in &hooks {
+        let name = match *kind {
+            "setsockopt" => "setsockopt on a socket the shim never placed (ns added)",
+            "getsockopt" => "getsockopt(SO_REUSEADDR) (ns added)",
+            _ => "dup + close (ns added)",
+        };
+        rows.push(cost::Row::new(name, format!("{added:+.1} ns"), "<= +10 ns", Some(*added <= 10.0)));
+    }
+    let r = |m: &str, v: f64, t: &str, ok: bool| cost::Row::new(m, format!("{v:.3}x"), t, Some(ok));
+    rows.push(r("TCP connect+close, shim loaded, PORTRANGE unset", ratio(1), "<= 1.01x", ratio(1) <= 1.01));
+    rows.push(r("TCP connect+close, kernel strategy", ratio(2), "<= 1.05x", ratio(2) <= 1.05));
+    rows.push(r(
+        "TCP connect+close, retry, empty slice (pre-check on)",
+        ratio(3),
+        "<= 1.10x",
+        ratio(3) <= 1.10,
+    ));
+    let fill90 = ratio(7) / ratio(3);
+    rows.push(r("retry at 90% fill vs its own empty-slice time", fill90, "<= 1.5x", fill90 <= 1.5));
+    rows.push(r("UDP socket+connect+close", udp_ratio, "<= 1.4x", udp_ratio <= 1.4));
+    for (name, x) in &threads {
+        rows.push(r(&format!("scaling vs no shim, {name}"), *x, ">= 0.9x", *x >= 0.9));
+    }
+    rows.push(cost::Row::new(
+        "RSS added by the shim (200 placed connects)",
+        format!("{rss:.0} KiB"),
+        "-",
+        None,
+    ));
+    for (name, rate, failed) in &tw {
+        rows.push(cost::Row::new(
+            &format!("TIME_WAIT-heavy, 512 ports, one destination, 5 s: {name}"),
+            format!("{rate:.0}/s ({failed} failed)"),
+            "-",
+            None,
+        ));
+    }
+    cost::print_table(&rows);
+    if args.iter().any(|a| a == "--cost-only") {
+        return;
+    }
+
     churn::main(&so, rounds);
     nginx::main(&so, rounds, flag("--requests", 20000));
     conntrack::rows(&so, n, rounds);
@@ -304,13 +375,22 @@ fn hold(addr: &str, n: usize) {
     let _ = std::io::stdin().read(&mut [0u8; 1]);
 }
 
-/// Child: N connect + read EOF + close(RST); prints µs per connect.
+fn cpu_us() -> f64 {
+    // SAFETY: getrusage fills a zeroed rusage.
+    let mut r: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: as above.
+    unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut r) };
+    let t = |v: libc::timeval| v.tv_sec as f64 * 1e6 + v.tv_usec as f64;
+    t(r.ru_utime) + t(r.ru_stime)
+}
+
+/// Child: N connect + read EOF + close(RST); prints CPU µs per connect.
 fn child(addr: &str, n: usize) {
     let addr: SocketAddr = addr.parse().unwrap();
     for _ in 0..20 {
         let _ = std::net::TcpStream::connect(addr).map(|s| set_linger0(s.as_raw_fd()));
     }
-    let t = Instant::now();
+    let cpu0 = cpu_us();
     let mut failed = std::collections::BTreeMap::new();
     for _ in 0..n {
         match std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(2)) {
@@ -321,7 +401,9 @@ fn child(addr: &str, n: usize) {
             Err(e) => *failed.entry(e.to_string()).or_insert(0) += 1,
         }
     }
-    let us = t.elapsed().as_secs_f64() * 1e6 / n as f64;
+    // CPU time (user + sys) of this client: stable on a loaded machine, where wall time is not,
+    // and it is where the shim's work shows.
+    let us = (cpu_us() - cpu0) / n as f64;
     if !failed.is_empty() {
         eprintln!("connects failed: {failed:?}");
     }

@@ -410,7 +410,7 @@ fn active() -> &'static Active {
 fn resume(plan: Plan, step: Step) -> Next {
     match step {
         Step::Attempt => Next::Call(plan),
-        Step::Done(p) => conclude(plan.fd, plan.dst, plan.how.kind(), p),
+        Step::Done(p) => conclude_known(plan.fd, plan.dst, plan.how.kind(), p, plan.how.ino()),
     }
 }
 
@@ -488,15 +488,32 @@ impl Strat {
     }
 }
 
+impl Strat {
+    /// The identity of the socket in the program's fd, when the strategy knows it.
+    fn ino(&self) -> Option<u64> {
+        match self {
+            Strat::Kernel(k) => Some(k.target.ino()),
+            Strat::Retry { p, .. } => Some(p.target.ino()),
+            Strat::Cookie(c) => Some(c.target.ino()),
+            Strat::Owned { .. } | Strat::Disconnect => None,
+        }
+    }
+}
+
 /// Turn a placement's outcome into the call's return value and errno, with bookkeeping.
 fn conclude(fd: c_int, dst: SocketAddr, kind: Kind, r: Placed) -> Next {
+    conclude_known(fd, dst, kind, r, None)
+}
+
+/// As [`conclude`], with the identity of the socket in `fd` if known (no look-up then).
+fn conclude_known(fd: c_int, dst: SocketAddr, kind: Kind, r: Placed, ino: Option<u64>) -> Next {
     let (counter, exhausted) = match kind {
         Kind::Tcp(Tcp::Kernel) | Kind::KernelFallback => (C::placed_tcp_kernel, libc::EADDRNOTAVAIL),
         Kind::Tcp(_) => (C::placed_tcp_retry, libc::EADDRNOTAVAIL),
         Kind::UdpShared | Kind::Udp => (C::placed_udp, libc::EAGAIN),
     };
     // The fd may hold a fresh socket now: record against whatever it holds.
-    let ino = fdtable::ino(fd).unwrap_or(0);
+    let ino = ino.or_else(|| fdtable::ino(fd)).unwrap_or(0);
     let tried = flag::SHIM_BOUND;
     match r {
         Placed::Ok { ret, errno: e, slice, local } => {

@@ -125,6 +125,11 @@ impl Target {
         self.cur == self.fd
     }
 
+    /// The identity of the socket in the program's fd (updated by each swap).
+    pub fn ino(&self) -> u64 {
+        self.ino
+    }
+
     /// Prepare a fresh socket on the side (the current one cannot be bound again; if it is the
     /// program's own, it is burnt).
     pub fn fresh(&mut self) -> Result<(), Placed> {
@@ -161,6 +166,8 @@ impl Target {
                 if swap::install(clean, self.fd, self.ino).is_err() {
                     // SAFETY: clean is our fresh socket.
                     unsafe { crate::real::close(clean) };
+                } else {
+                    self.ino = crate::fdtable::ino(self.fd).unwrap_or(self.ino);
                 }
             }
         }
