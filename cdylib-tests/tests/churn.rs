@@ -212,7 +212,8 @@ fn ok_count(out: &Output) -> usize {
     outcomes(out).iter().filter(|r| r.is_ok()).count()
 }
 
-/// Every connect succeeded, from the slice, and the server saw each from the slice (on PORT).
+/// Every connect succeeded, from the slice, the server saw each from the slice (on PORT), and
+/// none of the server's connections was reset.
 #[track_caller]
 fn expect_all_ok(out: &Output, n: usize, server: &Server, peers_before: usize, ctx: &str) {
     out.assert_success();
@@ -228,6 +229,9 @@ fn expect_all_ok(out: &Output, n: usize, server: &Server, peers_before: usize, c
     for p in &peers[peers_before..] {
         assert!(in_slice(*p, CLIENT_IP, LO, HI), "[{ctx}] the server saw {p}");
     }
+    let resets: Vec<String> =
+        server.lines.lock().unwrap().iter().filter(|l| l.starts_with("reset ")).cloned().collect();
+    assert!(resets.is_empty(), "[{ctx}] the server's connections were reset: {resets:?}");
 }
 
 fn stats_of(path: &std::path::Path) -> String {

@@ -3,7 +3,8 @@
 # it (the client closed first, so the client's end becomes TIME_WAIT); `hold`: keep every
 # connection open after the client's FIN (the client's end becomes an orphaned FIN_WAIT2);
 # `http`: as `close`, and answer each request with a keep-alive `200 ok` (the client closes).
-# Prints `listening`, then `peer IP PORT LISTENER_PORT` per accepted connection. On each stdin line `check`,
+# Prints `listening`, then `peer IP PORT LISTENER_PORT` per accepted connection, and
+# `reset IP PORT` when a connection is reset by the client side. On each stdin line `check`,
 # prints `state IP PORT N` for every held connection (tcpi_state: 8 = CLOSE_WAIT, healthy;
 # 7 = CLOSE, reset by the client side) and then `checked`.
 import selectors, socket, sys, threading
@@ -43,6 +44,7 @@ while True:
             try:
                 d = c.recv(4096)
             except OSError:
+                print("reset %s %d" % key.data, flush=True)
                 d = b""
             if d and mode == "http" and b"\r\n\r\n" in d:
                 c.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\nConnection: keep-alive\r\n\r\nok\n")
