@@ -1,5 +1,6 @@
 # The server of the conntrack tests (argv: IP PORT). Prints `tcp IP PORT` for each accepted
-# connection and `udp IP PORT` for each datagram, as the peer saw its source. A TCP client that
+# connection and `udp IP PORT` for each datagram, as the peer saw its source; `req IP PORT` when
+# a TCP client's request arrives (its connect() returned success). A TCP client that
 # sends `c` gets `ok` and the server closes first (so the client leaves no TIME_WAIT); one that
 # sends `h` (the forwarder) is held open. Datagrams are echoed (`r`, a forwarder's refresh, is not
 # printed).
@@ -29,6 +30,12 @@ def serve(c):
     if what == b"h":
         held.append(c)
         return
+    if what == b"c":
+        # The client sends this once its connect() returned success.
+        try:
+            say("req %s %d" % c.getpeername())
+        except OSError:
+            pass
     try:
         c.sendall(b"ok")
     except OSError:

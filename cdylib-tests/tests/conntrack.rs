@@ -351,6 +351,48 @@ fn udp_flows_never_take_a_forwarded_tuple() {
     no_flow_leaves_outside_the_slice("udp", "auto");
 }
 
+/// `PORTRANGE_STRATEGY=kernel` (chosen explicitly; `auto` picks retry here): the kernel picks
+/// the port inside connect(), too late to reserve it, so each flow is verified after its connect
+/// and one that conntrack rewrote is aborted and placed again (retry, reserved). Its SYN has left
+/// by then, so the server may see the aborted attempt; what it must never see is a request —
+/// sent only once connect() returned success — from outside the slice.
+#[test]
+fn kernel_strategy_never_returns_a_rewritten_flow() {
+    require!("ip", "nft");
+    let world = World::new();
+    // The kernel strategy needs the slice inside the namespace's ephemeral range.
+    sh(&[
+        "ip",
+        "netns",
+        "exec",
+        &world.topo.client,
+        "sysctl",
+        "-q",
+        "-w",
+        "net.ipv4.ip_local_port_range=32768 61999",
+    ]);
+    let dir = TempDir::new("conntrack");
+    let stats = dir.path().join("stats");
+    let env = [("PORTRANGE_STATS", stats.to_str().unwrap()), ("PORTRANGE_STRATEGY", "kernel")];
+    let out = world.client("tcp", FLOWS, "5", &env, &[]);
+    out.assert_success();
+    let results = out.connects();
+    assert_eq!(results.len(), FLOWS, "{}", out.dump());
+    let failed: Vec<_> = results.iter().filter(|r| r.result.is_err()).collect();
+    assert!(failed.is_empty(), "failed flows {failed:?}\n{}", out.dump());
+    let deadline = Instant::now() + PEER_WAIT;
+    while world.server.peers("req").len() < FLOWS && Instant::now() < deadline {
+        thread::sleep(Duration::from_millis(20));
+    }
+    let reqs = world.server.peers("req");
+    assert_eq!(reqs.len(), FLOWS, "requests the server saw\n{}", out.dump());
+    let bad = outside(&reqs);
+    assert!(bad.is_empty(), "{} requests came from outside the slice: {bad:?}\n{}", bad.len(), out.dump());
+    let line = stats_line(&stats, &out);
+    assert!(line.contains("\"strategy\":\"kernel\""), "{line}");
+    assert!(json_number(&line, "conntrack_rewrites").unwrap_or(0) > 0, "no rewrite was caught: {line}");
+}
+
 // ---------------------------------------------------------------------------------------------
 // 2. Without ctnetlink: `portrange check` says so, and the guard drops what NAT rewrote
 // ---------------------------------------------------------------------------------------------

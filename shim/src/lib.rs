@@ -250,9 +250,10 @@ fn conntrack_plan(cfg: &Config, tcp: Tcp) {
         ::log::warn!("{w}");
     }
     if !plan.is_off() && tcp == Tcp::Kernel {
-        ::log::warn!(
-            "PORTRANGE_STRATEGY=kernel: the kernel picks TCP ports inside connect(), so TCP flows \
-             cannot be reserved in conntrack (only UDP flows are); use the retry strategy"
+        ::log::info!(
+            "PORTRANGE_STRATEGY=kernel: the kernel picks TCP ports inside connect(), too late to \
+             reserve them in conntrack; TCP flows are verified after connect instead (a rewritten \
+             one is aborted after its SYN left), the retry strategy reserves them"
         );
     }
     ::log::debug!(

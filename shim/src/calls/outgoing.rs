@@ -418,7 +418,7 @@ fn resume(plan: Plan, step: Step) -> Next {
 pub fn after(mut plan: Plan, ret: isize, errno: c_int) -> Next {
     let cfg = &active().cfg;
     let step = match &mut plan.how {
-        Strat::Kernel(k) => match k.after(cfg, ret, errno) {
+        Strat::Kernel(k) => match conntrack_checked(k.after(cfg, ret, errno), plan.fd, plan.dst) {
             KStep::Step(Step::Done(Placed::Outside { slice, local })) => {
                 stats::bump(C::outside_slice);
                 log::warn!(
@@ -623,5 +623,23 @@ fn disconnected(fd: c_int) {
         // getsockname still shows it), so the next connect is placed again — left alone it would
         // take an automatic port from outside the slice.
         fdtable::update(fd, ino, 0, flag::PLACED);
+    }
+}
+
+/// The kernel chose the port inside connect(), too late to reserve it in conntrack (seed 004):
+/// with PORTRANGE_CONNTRACK on, its flow is verified instead, and one that conntrack rewrote is
+/// aborted and handled as a port outside the slice (placed again with the retry strategy).
+fn conntrack_checked(ks: KStep, fd: c_int, dst: SocketAddr) -> KStep {
+    match ks {
+        KStep::Step(Step::Done(Placed::Ok { slice, local, .. })) => {
+            match crate::sys::conntrack::verify_placed(libc::IPPROTO_TCP, local, dst) {
+                Ok(()) => ks,
+                Err(crate::sys::conntrack::Rewritten(real)) => {
+                    crate::strategy::kernel::abort(fd);
+                    KStep::Step(Step::Done(Placed::Outside { slice, local: real }))
+                }
+            }
+        }
+        ks => ks,
     }
 }

@@ -178,6 +178,34 @@ impl Reservation {
     }
 }
 
+/// A flow placed without a reservation (the kernel strategy chose its port inside connect):
+/// when conntrack protection is on, look its entry up; one that conntrack rewrote is counted and
+/// reported (the caller aborts it).
+pub fn verify_placed(proto: c_int, local: SocketAddr, dst: SocketAddr) -> Result<(), Rewritten> {
+    if PLAN.load(Relaxed) == 0 {
+        return Ok(());
+    }
+    let tuple = Tuple::new(proto as u8, local, dst);
+    match ask(&mut ct::get_request(0, &tuple, false)) {
+        Ok(Answer::Entry(e)) => match e.rewritten_source() {
+            None => Ok(()),
+            Some(real) => {
+                stats::bump(C::conntrack_rewrites);
+                log::warn!(
+                    "{local} → {dst}: conntrack rewrote the source to {real} (a forwarded flow holds \
+                     this 4-tuple); connection aborted, placing it on another port"
+                );
+                Err(Rewritten(real))
+            }
+        },
+        Ok(Answer::Status(libc::ENOENT)) => Ok(()),
+        other => {
+            trouble("verification", other);
+            Ok(())
+        }
+    }
+}
+
 /// The entry is this 4-tuple's own, unrewritten (a stale one left by an earlier flow of ours).
 fn is_own(e: &Entry, t: &Tuple) -> bool {
     e.orig == *t && e.rewritten_source().is_none()
