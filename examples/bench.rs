@@ -24,6 +24,9 @@
 //! network namespaces, with conntrack inactive and active, and with PORTRANGE_CONNTRACK off,
 //! auto (reserve+verify) and verify (examples/bench/conntrack.rs; `-- --conntrack-only` runs just
 //! these rows).
+//!
+//! The cgroup BPF placement (issue 14, as root): connect+close with the program attached vs none
+//! (examples/bench/cgroup.rs; `-- --cgroup-only`).
 
 // Issue 13's runs live in their own files: the nginx load run (examples/bench/nginx.rs) and
 // the strategies' CPU cost under churn (examples/bench/churn.rs).
@@ -36,6 +39,9 @@ mod nginx;
 // The conntrack rows (issue 10): examples/bench/conntrack.rs.
 #[path = "bench/conntrack.rs"]
 mod conntrack;
+// The cgroup BPF placement row (issue 14): examples/bench/cgroup.rs.
+#[path = "bench/cgroup.rs"]
+mod cgroup;
 
 use std::io::{BufRead, Read, Write};
 use std::net::{SocketAddr, TcpListener};
@@ -59,6 +65,7 @@ fn main() {
     match args.get(1).map(String::as_str) {
         Some("--child") => return child(&args[2], args[3].parse().expect("n")),
         Some("--ct-child") => return conntrack::child(&args[2], args[3].parse().expect("n")),
+        Some("--cgroup-child") => return cgroup::child(&args[2], args[3].parse().expect("n")),
         Some("--udp-child") => return udp_child(&args[2], args[3].parse().expect("n")),
         Some("--sendto-child") => return sendto_child(&args[2], args[3].parse().expect("n")),
         Some("--hold") => return hold(&args[2], args[3].parse().expect("n")),
@@ -95,6 +102,9 @@ fn main() {
             so.display()
         );
         std::process::exit(2);
+    }
+    if args.iter().any(|a| a == "--cgroup-only") {
+        return cgroup::rows(n, rounds);
     }
     if args.iter().any(|a| a == "--conntrack-only") {
         return conntrack::rows(&so, n, rounds);
@@ -278,6 +288,7 @@ fn main() {
     churn::main(&so, rounds);
     nginx::main(&so, rounds, flag("--requests", 20000));
     conntrack::rows(&so, n, rounds);
+    cgroup::rows(n, rounds);
 }
 
 #[derive(Clone, Copy)]

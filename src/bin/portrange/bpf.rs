@@ -6,7 +6,7 @@
 //! Every failure is one line; an attach that fails half-way drops what it made (links detach
 //! when their last reference goes, pins are removed).
 
-use aya::maps::{Array, Map, MapData};
+use aya::maps::{Array, Map, MapData, PerCpuArray};
 use aya::programs::links::{FdLink, Link, LinkError};
 use aya::programs::{CgroupAttachMode, CgroupSockAddr, SockOps};
 use aya::{Ebpf, EbpfLoader};
@@ -212,9 +212,11 @@ impl Drop for Placement {
     }
 }
 
+/// The counters, summed over CPUs (the program counts per CPU).
 fn read_counters(map: &Map) -> Vec<(&'static str, u64)> {
-    let Ok(arr) = Array::<&MapData, u64>::try_from(map) else { return Vec::new() };
-    COUNTERS.iter().enumerate().map(|(i, n)| (*n, arr.get(&(i as u32), 0).unwrap_or(0))).collect()
+    let Ok(arr) = PerCpuArray::<&MapData, u64>::try_from(map) else { return Vec::new() };
+    let sum = |i: usize| arr.get(&(i as u32), 0).map(|v| v.iter().sum()).unwrap_or(0);
+    COUNTERS.iter().enumerate().map(|(i, n)| (*n, sum(i))).collect()
 }
 
 /// bpf(2) with an attribute of `N` bytes.
@@ -297,6 +299,6 @@ pub fn read_pinned(dir: &Path) -> Result<Pinned, String> {
     Ok(Pinned {
         programs,
         slices: placement::slices_from_bytes(&bytes),
-        counters: read_counters(&Map::Array(counters)),
+        counters: read_counters(&Map::PerCpuArray(counters)),
     })
 }
