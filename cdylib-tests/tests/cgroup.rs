@@ -238,6 +238,38 @@ fn go_client_tcp_and_udp() {
     assert_all_in_slice(&udp, 42000, 42009, "go udp", &out);
 }
 
+/// Closing states, 20-port slice: after the client closed 19 connections first (their tuples in
+/// TIME_WAIT), the next connects take them again at once when TCP timestamps are on (as an
+/// explicit bind may), and never when they are off — then only the one free port serves, and the
+/// second connect fails (a program that took a TIME_WAIT tuple there would fail the first one 19
+/// times in 20). Tuples whose peer never closed (orphaned FIN_WAIT2: taking one would reset the
+/// peer) are never taken: 3 of them leave 17 ports for that destination.
+#[test]
+fn time_wait_taken_only_with_timestamps_fin_wait2_never() {
+    let Some(t) = tools("time_wait_taken_only_with_timestamps_fin_wait2_never") else { return };
+    let bin = bin_path().display().to_string();
+    let client = t.client.display().to_string();
+    for timestamps in [1, 0] {
+        let run = |spec: &str| {
+            format!("{bin} exec --slice {CLIENT_IP}:47000-47019 -- {client} tcp {SERVER_IP} {spec}")
+        };
+        let script = format!(
+            "sysctl -q -w net.ipv4.tcp_timestamps={timestamps} && {} >/dev/null && sleep 0.5 && {}",
+            run("7001:19,7003:3"),
+            run("7001:2,7003:18")
+        );
+        let (out, _) = scenario(t, &["sh", "-c", &script], Duration::from_secs(60));
+        out.assert_success();
+        let ok = oks(&out);
+        let want = if timestamps == 1 { 2 } else { 1 };
+        let got = ok.iter().filter(|o| o.1 == 7001).count();
+        assert_eq!(got, want, "tcp_timestamps={timestamps}: connects over TIME_WAIT tuples\n{}", out.dump());
+        assert_eq!(out.stdout.matches("err tcp 7001 99").count(), 2 - want, "{}", out.dump());
+        assert_eq!(ok.iter().filter(|o| o.1 == 7003).count(), 17, "FIN_WAIT2 tuples taken?\n{}", out.dump());
+        assert!(out.stdout.contains("err tcp 7003 99"), "FIN_WAIT2 tuple taken\n{}", out.dump());
+    }
+}
+
 /// Two `portrange exec` processes race 10,000 connects each on one 36-port slice towards one
 /// destination, 16 sockets open per process (TCP closed with RST): no connect fails (the slice
 /// never runs out) and no two live UDP sockets share a 4-tuple (open/close intervals per port,

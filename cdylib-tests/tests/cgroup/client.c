@@ -2,7 +2,8 @@
 // reach it. Every connect alternates libc connect() and raw syscall(SYS_connect).
 //
 //   client serve IP PORT...               TCP+UDP recorder: "peer tcp|udp PORT SRCIP:SRCPORT",
-//                                         echoes UDP datagrams; "ready" once listening
+//                                         echoes UDP datagrams; "ready" once listening; closes
+//                                         a TCP connection when the client does, except on 7003
 //   client tcp DST PORT:N[,PORT:N...]     N TCP connects per destination port, all held open:
 //                                         "ok tcp PORT LOCALIP:LOCALPORT" / "err tcp PORT ERRNO"
 //   client udp DST PORT:N[,...]           the same with connected UDP sockets (one datagram each)
@@ -123,7 +124,9 @@ static int serve(const char *ip, int nports, char **ports)
 				fflush(stdout);
 				sendto(pfd[i].fd, buf, r, 0, (struct sockaddr *)&peer, pl);
 			} else if (read(pfd[i].fd, buf, sizeof(buf)) <= 0) {
-				close(pfd[i].fd);
+				/* Port 7003 never closes its side: the client's tuple stays FIN_WAIT2. */
+				if (lport[i] != 7003)
+					close(pfd[i].fd);
 				pfd[i] = pfd[--n];
 				kind[i] = kind[n];
 				lport[i] = lport[n];
