@@ -1,5 +1,6 @@
 //! The cgroup BPF placement (issue 14): programs LD_PRELOAD cannot reach — a `gcc -static` C
-//! client (libc connect() and raw syscall(SYS_connect), connected UDP, v4-mapped AF_INET6) and a
+//! client (libc connect() and raw syscall(SYS_connect), connected UDP, v4-mapped AF_INET6,
+//! io_uring connects) and a
 //! `CGO_ENABLED=0` Go client — run with `portrange exec --slice ...`, and `portrange cgroup
 //! attach|status|detach`. Each scenario runs in private namespaces (`unshare -m -n`: its own
 //! network namespace, a private cgroup v2 mount and bpffs; cgroup/ns.sh), with the recorder
@@ -208,6 +209,23 @@ fn static_client_udp_and_v4_mapped() {
     let tcp = peers(&log, "tcp");
     assert_eq!(tcp.len(), 3, "v4-mapped TCP: {log:?}\n{}", out.dump());
     assert_all_in_slice(&tcp, 41000, 41009, "v4-mapped tcp", &out);
+}
+
+/// TCP connects submitted through io_uring (IORING_OP_CONNECT from raw syscalls: no libc
+/// connect() at all) are placed too: 10 from a 10-port slice, the 11th fails with
+/// EADDRNOTAVAIL as the completion's result.
+#[test]
+fn io_uring_connects_are_placed() {
+    let Some(t) = tools("io_uring_connects_are_placed") else { return };
+    let slice = format!("{CLIENT_IP}:48000-48009");
+    let cmd = exec(&slice, &t.client, &["uring", SERVER_IP, "7001:11"]);
+    let (out, log) = scenario(t, &strs(&cmd), Duration::from_secs(60));
+    out.assert_success();
+    assert_eq!(oks(&out).len(), 10, "{}", out.dump());
+    assert!(out.stdout.contains("err tcp 7001 99"), "the 11th must fail with EADDRNOTAVAIL\n{}", out.dump());
+    let seen = peers(&log, "tcp");
+    assert_eq!(seen.len(), 10, "{log:?}\n{}", out.dump());
+    assert_all_in_slice(&seen, 48000, 48009, "io_uring", &out);
 }
 
 /// A CGO_ENABLED=0 Go client (net.Dial, raw syscalls): TCP and UDP flows from the slice, the

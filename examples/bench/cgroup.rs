@@ -1,7 +1,8 @@
 //! The cgroup BPF placement's cost (issue 14): a TCP child (`--cgroup-child`: N loopback
-//! connects, each reading the EOF and closing with RST) run directly, and run by `portrange exec --cgroup` in a fresh
-//! cgroup v2 group with the placement attached (slice 127.0.0.2, 512 ports; every connect
-//! placed: random port, look-up, claim, bpf_bind, release), interleaved, median over rounds.
+//! connects, each reading the EOF and closing with RST) run directly, and run by
+//! `portrange exec --cgroup` in a fresh cgroup v2 group with the placement attached (slice
+//! 127.0.0.2, 512 ports; every connect placed: random port, look-up, claim, bpf_bind, release),
+//! interleaved, median over rounds.
 //! The figure is the child's CPU time (user + sys from getrusage) per connect: the program runs
 //! in the connecting thread's syscall, and CPU time stays readable on a loaded machine where
 //! wall time does not.

@@ -12,6 +12,8 @@
 //                                         bound to 0.0.0.0:LPORT: "ok sendto PORT" / "err sendto PORT ERRNO"
 //   client bind0 tcp|udp DST PORT         bind(0.0.0.0, 0), then connect: "ok|err bind0 ..."
 //   client noport DST PORT SRCIP          IP_BIND_ADDRESS_NO_PORT + bind(SRCIP, 0), then TCP connect
+//   client uring DST PORT:N[,...]         TCP connects submitted through io_uring (IORING_OP_CONNECT,
+//                                         raw syscalls, no liburing), held open: as `tcp`
 //   client race tcp|udp DST PORT COUNT WINDOW
 //                                         COUNT connects, WINDOW held at once (TCP closed with
 //                                         RST); per socket "sock LOCALPORT OPEN_NS CLOSE_NS";
@@ -28,6 +30,56 @@
 #include <sys/syscall.h>
 #include <time.h>
 #include <unistd.h>
+#include <linux/io_uring.h>
+#include <sys/mman.h>
+
+/* One io_uring, one connect at a time: submit IORING_OP_CONNECT, wait for its completion. */
+static int uring_connect(int fd, struct sockaddr_in *sa)
+{
+	static int ring = -1;
+	static struct io_uring_params p;
+	static unsigned *sq_tail, *sq_mask, *sq_array, *cq_head, *cq_tail, *cq_mask;
+	static struct io_uring_sqe *sqes;
+	static struct io_uring_cqe *cqes;
+	if (ring < 0) {
+		memset(&p, 0, sizeof(p));
+		ring = syscall(__NR_io_uring_setup, 4, &p);
+		if (ring < 0)
+			return -errno;
+		size_t sq_len = p.sq_off.array + p.sq_entries * sizeof(unsigned);
+		size_t cq_len = p.cq_off.cqes + p.cq_entries * sizeof(struct io_uring_cqe);
+		char *sq = mmap(0, sq_len, PROT_READ | PROT_WRITE, MAP_SHARED, ring, IORING_OFF_SQ_RING);
+		char *cq = mmap(0, cq_len, PROT_READ | PROT_WRITE, MAP_SHARED, ring, IORING_OFF_CQ_RING);
+		sqes = mmap(0, p.sq_entries * sizeof(struct io_uring_sqe), PROT_READ | PROT_WRITE, MAP_SHARED, ring,
+			    IORING_OFF_SQES);
+		if (sq == MAP_FAILED || cq == MAP_FAILED || sqes == MAP_FAILED)
+			return -ENOMEM;
+		sq_tail = (unsigned *)(sq + p.sq_off.tail);
+		sq_mask = (unsigned *)(sq + p.sq_off.ring_mask);
+		sq_array = (unsigned *)(sq + p.sq_off.array);
+		cq_head = (unsigned *)(cq + p.cq_off.head);
+		cq_tail = (unsigned *)(cq + p.cq_off.tail);
+		cq_mask = (unsigned *)(cq + p.cq_off.ring_mask);
+		cqes = (struct io_uring_cqe *)(cq + p.cq_off.cqes);
+	}
+	unsigned tail = *sq_tail, idx = tail & *sq_mask;
+	struct io_uring_sqe *sqe = &sqes[idx];
+	memset(sqe, 0, sizeof(*sqe));
+	sqe->opcode = IORING_OP_CONNECT;
+	sqe->fd = fd;
+	sqe->addr = (unsigned long)sa;
+	sqe->off = sizeof(*sa);
+	sq_array[idx] = idx;
+	__atomic_store_n(sq_tail, tail + 1, __ATOMIC_RELEASE);
+	if (syscall(__NR_io_uring_enter, ring, 1, 1, IORING_ENTER_GETEVENTS, NULL, 0) < 0)
+		return -errno;
+	unsigned head = *cq_head;
+	while (head == __atomic_load_n(cq_tail, __ATOMIC_ACQUIRE))
+		;
+	int res = cqes[head & *cq_mask].res;
+	__atomic_store_n(cq_head, head + 1, __ATOMIC_RELEASE);
+	return res;
+}
 
 static int do_connect(int fd, struct sockaddr_in *sa, int n)
 {
@@ -136,6 +188,8 @@ static int serve(const char *ip, int nports, char **ports)
 	}
 }
 
+static int use_uring;
+
 static int flows(int udp, int v6, const char *dst, char *spec)
 {
 	int attempt = 0, failed = 0;
@@ -145,7 +199,17 @@ static int flows(int udp, int v6, const char *dst, char *spec)
 		inet_pton(AF_INET, dst, &sa.sin_addr);
 		for (int k = 0; k < count; k++) {
 			int fd = socket(v6 ? AF_INET6 : AF_INET, udp ? SOCK_DGRAM : SOCK_STREAM, 0);
-			if (v6 ? do_connect6(fd, &sa, attempt++) : do_connect(fd, &sa, attempt++)) {
+			int r;
+			if (use_uring) {
+				r = uring_connect(fd, &sa);
+				if (r < 0) {
+					errno = -r;
+					r = -1;
+				}
+			} else {
+				r = v6 ? do_connect6(fd, &sa, attempt++) : do_connect(fd, &sa, attempt++);
+			}
+			if (r) {
 				printf("err %s %d %d\n", udp ? "udp" : "tcp", port, errno);
 				failed++;
 				close(fd);
@@ -262,6 +326,10 @@ int main(int argc, char **argv)
 {
 	if (argc >= 4 && !strcmp(argv[1], "serve"))
 		return serve(argv[2], argc - 3, argv + 3);
+	if (argc == 4 && !strcmp(argv[1], "uring")) {
+		use_uring = 1;
+		return flows(0, 0, argv[2], argv[3]);
+	}
 	if (argc == 4 && (!strncmp(argv[1], "tcp", 3) || !strncmp(argv[1], "udp", 3)))
 		return flows(argv[1][0] == 'u', argv[1][3] == '6', argv[2], argv[3]);
 	if ((argc == 4 || argc == 5) && !strcmp(argv[1], "sendto"))
