@@ -392,7 +392,7 @@ fn unplaceable_flows_are_refused_not_leaked() {
 }
 
 /// `portrange cgroup attach` on a group: a static client moved into it is placed; `status`
-/// shows the program and its counters; `detach` removes every pin, and the next flow from the
+/// shows the program and its counters (also `status` without a group, which finds its path); `detach` removes every pin, and the next flow from the
 /// group is no longer placed (cgroup/attach.sh).
 #[test]
 fn cgroup_attach_status_detach() {
@@ -408,6 +408,14 @@ fn cgroup_attach_status_detach() {
         out.dump()
     );
     assert!(text.contains("placed_tcp 3"), "status counts the 3 placed flows\n{}", out.dump());
+    // `status` without a group finds the attachment and its group's path.
+    let all = text.split("all:\n").nth(1).unwrap_or("");
+    assert!(
+        all.contains("/portrange-attach-") && all.contains("placed_tcp 3"),
+        "status (all)\n{}",
+        out.dump()
+    );
+    assert!(text.contains("no placement attached by portrange"), "status (all) after detach\n{}", out.dump());
     assert!(text.contains("placement detached"), "{}", out.dump());
     assert!(text.contains("no placement attached"), "{}", out.dump());
     assert!(text.contains("pins after detach: none"), "detach left pins behind\n{}", out.dump());

@@ -9,8 +9,10 @@ trap 'rmdir "$G" 2>/dev/null' EXIT
 "$P" cgroup attach "$G" --slice 198.51.100.10:44000-44009 || exit 1
 G=$G sh -c 'echo $$ > "$G/cgroup.procs" && exec "$CLIENT" tcp 203.0.113.1 7001:3' || exit 1
 "$P" cgroup status "$G" || exit 1
+echo "all:"; "$P" cgroup status || exit 1
 "$P" cgroup detach "$G" || exit 1
 "$P" cgroup status "$G" || exit 1
+"$P" cgroup status || exit 1
 left=$(ls "$PORTRANGE_BPFFS/portrange" 2>/dev/null | tr '\n' ' ')
 echo "pins after detach: ${left:-none}"
 G=$G sh -c 'echo $$ > "$G/cgroup.procs" && exec "$CLIENT" tcp 203.0.113.1 7002:1' || exit 1

@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 pub const HELP: &str = "\
 usage: portrange cgroup attach CGROUP --slice IP:LO-HI [--slice ...] [--skip CIDR ...]
        portrange cgroup detach CGROUP
-       portrange cgroup status CGROUP
+       portrange cgroup status [CGROUP]
 
 Place every outgoing TCP and UDP flow of the processes of a cgroup v2 group with a BPF program
 (cgroup/connect4 and connect6), for what LD_PRELOAD cannot reach: static, Go, musl, io_uring and
@@ -21,7 +21,8 @@ as for exec (default: loopback and link-local, minus ranges holding a slice IP).
 
 attach  loads the program and pins it under $PORTRANGE_BPFFS/portrange (default /sys/fs/bpf,
         mounted if needed), so it stays attached after this command exits
-status  what is attached to CGROUP, its slices, and the program's counters
+status  what is attached to CGROUP, its slices, and the program's counters; without CGROUP,
+        every group portrange attached to (pins under bpffs), found in the cgroup v2 mounts
 detach  removes everything attach added
 
 exit status: 0 success; 2 bad arguments or a fault (one line says which: no cgroup v2, no
@@ -32,6 +33,9 @@ pub fn run(args: &[OsString]) -> Result<(), String> {
     if matches!(sub, "-h" | "--help" | "help") {
         println!("{HELP}");
         return Ok(());
+    }
+    if sub == "status" && args.len() == 1 {
+        return status_all();
     }
     let path = args.get(1).map(PathBuf::from).ok_or_else(|| format!("no cgroup given\n{HELP}"))?;
     let rest = &args[2.min(args.len())..];
@@ -155,7 +159,67 @@ fn status(path: &Path) -> Result<(), String> {
         println!("{}: no placement attached", path.display());
         return Ok(());
     }
-    let p = bpf::read_pinned(&dir)?;
+    show(path, &dir)
+}
+
+/// Every pinned attachment, with the group's path (looked up by inode in the cgroup v2 mounts).
+fn status_all() -> Result<(), String> {
+    let root = bpf::pin_root()?;
+    let mut dirs: Vec<PathBuf> = std::fs::read_dir(&root)
+        .map_err(|e| format!("{}: {e}", root.display()))?
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.file_name().is_some_and(|n| n.to_string_lossy().starts_with("cgroup-")))
+        .collect();
+    dirs.sort();
+    if dirs.is_empty() {
+        println!("no placement attached by portrange (pins: {})", root.display());
+        bpf::tidy_root(&root);
+        return Ok(());
+    }
+    let mounts = cgroup2_mounts();
+    for dir in dirs {
+        let ino: u64 =
+            dir.file_name().unwrap().to_string_lossy().trim_start_matches("cgroup-").parse().unwrap_or(0);
+        let path = mounts
+            .iter()
+            .find_map(|m| find_ino(m, ino, 32))
+            .unwrap_or_else(|| PathBuf::from(format!("(cgroup id {ino}, not under a cgroup v2 mount here)")));
+        show(&path, &dir)?;
+    }
+    Ok(())
+}
+
+fn cgroup2_mounts() -> Vec<PathBuf> {
+    let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+    mounts
+        .lines()
+        .filter_map(|l| {
+            let (pre, post) = l.split_once(" - ")?;
+            (post.split_whitespace().next()? == "cgroup2")
+                .then(|| pre.split_whitespace().nth(4).map(PathBuf::from))?
+        })
+        .collect()
+}
+
+/// The directory under `dir` whose inode is `ino` (depth-limited walk).
+fn find_ino(dir: &Path, ino: u64, depth: u32) -> Option<PathBuf> {
+    use std::os::unix::fs::MetadataExt;
+    if std::fs::metadata(dir).ok()?.ino() == ino {
+        return Some(dir.to_path_buf());
+    }
+    if depth == 0 {
+        return None;
+    }
+    std::fs::read_dir(dir)
+        .ok()?
+        .flatten()
+        .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
+        .find_map(|e| find_ino(&e.path(), ino, depth - 1))
+}
+
+fn show(path: &Path, dir: &Path) -> Result<(), String> {
+    let p = bpf::read_pinned(dir)?;
     let slices: Vec<String> = p.slices.iter().map(|(ip, lo, hi)| format!("{ip}:{lo}-{hi}")).collect();
     println!("{}: placement attached (pinned in {})", path.display(), dir.display());
     println!("  programs: {}", p.programs.join(" "));
