@@ -344,7 +344,7 @@ fn place_udp(f: Flow, call: Call) -> Next {
     };
     match call {
         Call::Connect if crate::sys::diag::available() => {
-            let c = Cookie::new(target, f.cursor(), f.dst, &f.active.reserved);
+            let c = Cookie::new(target, f.cursor(), f.dst, &f.active.reserved, f.active.precheck);
             prepare(Plan { fd: f.fd, dst: f.dst, how: Strat::Cookie(c) })
         }
         // Without sock_diag (a hardened service) a connect gets a port of its own, as a first

@@ -37,17 +37,25 @@ pub struct Cookie<'r> {
     not_local: Option<IpAddr>,
     /// The conntrack reservation of the attempt in flight.
     ct: conntrack::Reservation,
+    /// Look each 4-tuple up before binding the program's own socket (PORTRANGE_PRECHECK).
+    precheck: bool,
 }
 
 impl<'r> Cookie<'r> {
     /// Connect the program's UDP socket (`target`) to `dst` from a free 4-tuple of `slices`.
-    pub fn new(target: Target, slices: Cursor, dst: SocketAddr, reserved: &'r Reserved) -> Cookie<'r> {
+    pub fn new(
+        target: Target,
+        slices: Cursor,
+        dst: SocketAddr,
+        reserved: &'r Reserved,
+        precheck: bool,
+    ) -> Cookie<'r> {
         // SO_REUSEPORT would defeat the lock (another SO_REUSEPORT socket of this user could bind
         // the port while we check): off during the check, the program's value back after.
         let reuseport = addr::get_int(target.fd, libc::SOL_SOCKET, libc::SO_REUSEPORT) == Some(1);
         let local = SocketAddr::new(dst.ip(), 0);
         let ct = conntrack::Reservation::NONE;
-        Cookie { target, slices, dst, reserved, reuseport, slice: None, local, not_local: None, ct }
+        Cookie { target, slices, dst, reserved, reuseport, slice: None, local, not_local: None, ct, precheck }
     }
 
     /// Bind and check candidate ports until one is free for `dst`.
@@ -75,6 +83,16 @@ impl<'r> Cookie<'r> {
             if self.reuseport {
                 if let Err(e) = addr::set_u32(t.cur, libc::SOL_SOCKET, libc::SO_REUSEPORT, 0) {
                     return t.done(Placed::Setup(e));
+                }
+            }
+            if self.precheck && t.is_own() {
+                // As the TCP pre-check: a port some socket already holds for this peer would burn
+                // the program's own socket (bound, then refused), and every later attempt would
+                // need a fresh one, swapped in. Looked up before anything is bound, it is skipped.
+                stats::bump(C::lookups);
+                if let Ok(Some(_)) = diag::udp(t.cur, local, self.dst, ifindex(t.cur)) {
+                    stats::bump(C::conflicts);
+                    continue;
                 }
             }
             match t.bind_shared(local) {
@@ -171,7 +189,7 @@ mod tests {
         let t = Target::new(fd, fdtable::ino(fd).unwrap(), family, true).unwrap();
         let cfg = crate::strategy::test_cfg(&[slice]);
         let none = Reserved::none();
-        let c = std::cell::RefCell::new(Cookie::new(t, Cursor::new(false, None, 0), dst, &none));
+        let c = std::cell::RefCell::new(Cookie::new(t, Cursor::new(false, None, 0), dst, &none, true));
         crate::strategy::drive(
             || c.borrow_mut().prepare(&cfg),
             |r, e| c.borrow_mut().after(&cfg, r, e),
