@@ -649,14 +649,16 @@ fn differential() {
             failures.push(format!("README table row never seen in any run (stale?): {}", a.row));
         }
     }
-    eprintln!(
-        "differential: {} scenarios, runs: none + {STRATEGIES:?}, {} allowed differences in the README table, {} known failures, {:.1} s",
+    let summary = format!(
+        "differential: {} scenarios, runs: none + {STRATEGIES:?}, {} allowed differences in the README table, {} known failures, {:.1} s\n",
         built.count,
         allowed.len(),
         KNOWN.len(),
         t0.elapsed().as_secs_f64()
     );
-    eprint!("{report}");
+    // Straight to the test process's stderr (not the captured test output): the known failures
+    // show in every run's log, passing or not.
+    let _ = std::io::stderr().write_all(format!("{summary}{report}").as_bytes());
     if !failures.is_empty() {
         let dumps: String = std::iter::once(&base)
             .chain(runs.iter())
