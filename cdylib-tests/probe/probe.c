@@ -1392,6 +1392,15 @@ static void s_dlmopen_deepbind(void) {
     LOCAL(fd);
 }
 
+static void s_efault_msghdr(void) {
+    void *bad = mmap(NULL, 4096, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    int u = udp(AF_INET);
+    CALL("sendmsg unreadable msghdr", sendmsg(u, bad, 0));
+    CALL("sendmmsg unreadable mmsghdr", sendmmsg(u, bad, 1, 0));
+    sendto4(u, SERVER4, ECHO);
+    rd("recv", u);
+}
+
 /* ---------------------------------------------------------------------------------------- */
 
 struct scenario {
@@ -1492,6 +1501,7 @@ static const struct scenario SCENARIOS[] = {
     {"RTLD_DEEPBIND library sends (udp)", s_deepbind_udp},
     {"plain dlopen library connects", s_dlopen_plain},
     {"dlmopen RTLD_DEEPBIND library connects (IPv6)", s_dlmopen_deepbind},
+    {"unreadable msghdr: EFAULT", s_efault_msghdr},
 };
 #define NSCEN ((int)(sizeof SCENARIOS / sizeof SCENARIOS[0]))
 
