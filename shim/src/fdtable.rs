@@ -272,11 +272,26 @@ pub fn epoll_of(fd: c_int) -> Option<(c_int, u32, u64)> {
 
 /// Set and clear flags of socket `ino` at `fd` (a stale entry is reset first).
 pub fn update(fd: c_int, ino: u64, set: u64, clear: u64) {
+    if set & (flag::SHIM_NO_PORT | flag::SHIM_RANGE | flag::SHIM_REUSEADDR) != 0
+        && !SHIM_CHANGED.load(Relaxed)
+    {
+        SHIM_CHANGED.store(true, Relaxed);
+    }
     if let Some(e) = claim(fd, ino) {
         e.flags.fetch_and(!clear, Relaxed);
         e.flags.fetch_or(set, Relaxed);
     }
 }
+
+/// Has the shim changed a managed option (SO_REUSEADDR, IP_BIND_ADDRESS_NO_PORT,
+/// IP_LOCAL_PORT_RANGE) on any socket of this process? Until it has, getsockopt of those options
+/// needs no look-up at all (one atomic load).
+#[cfg_attr(test, allow(dead_code))]
+pub fn shim_changed_any() -> bool {
+    SHIM_CHANGED.load(Relaxed)
+}
+
+static SHIM_CHANGED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
 
 /// Record the program's own IP_LOCAL_PORT_RANGE value.
 pub fn set_prog_range(fd: c_int, ino: u64, v: u32) {

@@ -289,8 +289,9 @@ pub unsafe extern "C-unwind" fn getsockopt(
     len: *mut socklen_t,
 ) -> c_int {
     // Also for an fd without an entry: a dup made before the shim changed the socket (the
-    // original fd's entry answers). Only the three managed options, which programs rarely read.
-    if !crate::sys::options::managed(level, name) || !engaged() {
+    // original fd's entry answers). Only the three managed options, which programs rarely read,
+    // and only once the shim has changed one of them on some socket of this process.
+    if !crate::sys::options::managed(level, name) || !crate::fdtable::shim_changed_any() || !engaged() {
         // SAFETY: the program's own arguments, passed on unchanged to the real function.
         return unsafe { real::getsockopt(fd, level, name, val, len) };
     }
