@@ -55,15 +55,37 @@ unsafe fn copy_in(addr: *const u8, buf: &mut [u8]) -> bool {
 /// None where `process_vm_readv` works (`addr` and `len` may be anything: the memory is read
 /// with the kernel's checks); elsewhere `addr` must be null or readable for `len` bytes.
 pub unsafe fn parse(addr: *const sockaddr, len: socklen_t) -> Option<SocketAddr> {
+    // SAFETY: the caller's contract.
+    unsafe { parse_with(addr, len, true) }
+}
+
+/// [`parse`] of a buffer the shim itself filled (getsockname, getpeername): read directly, no
+/// `process_vm_readv` (two system calls) needed.
+///
+/// # Safety
+/// `addr` points to `len` readable bytes.
+unsafe fn parse_own(addr: *const sockaddr, len: socklen_t) -> Option<SocketAddr> {
+    // SAFETY: the caller's contract.
+    unsafe { parse_with(addr, len, false) }
+}
+
+/// # Safety
+/// As [`parse`] when `checked`, as [`parse_own`] otherwise.
+unsafe fn parse_with(addr: *const sockaddr, len: socklen_t, checked: bool) -> Option<SocketAddr> {
     let len = len as usize;
     if addr.is_null() || len < size_of::<libc::sa_family_t>() {
         return None;
     }
     let mut buf = [0u8; size_of::<sockaddr_in6>()];
     let n = len.min(buf.len());
-    // SAFETY: any pointer is acceptable to copy_in.
-    if !unsafe { copy_in(addr.cast(), &mut buf[..n]) } {
-        return None;
+    if checked {
+        // SAFETY: any pointer is acceptable to copy_in.
+        if !unsafe { copy_in(addr.cast(), &mut buf[..n]) } {
+            return None;
+        }
+    } else {
+        // SAFETY: the caller's contract: `n` <= `len` readable bytes.
+        unsafe { std::ptr::copy_nonoverlapping(addr.cast::<u8>(), buf.as_mut_ptr(), n) };
     }
     if n < buf.len() {
         // The kernel reads sin6_scope_id only from a full sockaddr_in6: no partial scope id.
@@ -190,7 +212,7 @@ pub fn local(fd: c_int) -> Option<(c_int, SocketAddr)> {
             return None;
         }
         let fam = c_int::from(st.ss_family);
-        parse(&st as *const _ as *const sockaddr, len).map(|a| (fam, a))
+        parse_own(&st as *const _ as *const sockaddr, len).map(|a| (fam, a))
     }
 }
 
@@ -203,7 +225,7 @@ pub fn peer(fd: c_int) -> Option<SocketAddr> {
         if libc::getpeername(fd, &mut st as *mut _ as *mut sockaddr, &mut len) != 0 {
             return None;
         }
-        parse(&st as *const _ as *const sockaddr, len)
+        parse_own(&st as *const _ as *const sockaddr, len)
     }
 }
 
