@@ -2,8 +2,9 @@
  *
  * usage: cancel PORT1 PORT2 — two free ports for its own listeners on 127.0.0.1.
  * Prints "PEER ip port" for the connections its send cases made, as the listener saw them.
- * Each case starts a thread that blocks in one call, cancels it, and joins it: the thread's
- * cleanup handler must have run and pthread_join must return PTHREAD_CANCELED. Prints one line
+ * Cases: connect (full accept queue), sendto and sendmsg (full buffers), accept (no client),
+ * fcntl(F_SETLKW) (a lock a child holds). Each case starts a thread that blocks in one call,
+ * cancels it, and joins it: the thread's cleanup handler must have run and pthread_join must return PTHREAD_CANCELED. Prints one line
  * "CASE <name> ok|FAIL <why>" per case and exits 0 when every case is ok.
  */
 #define _GNU_SOURCE
@@ -79,6 +80,17 @@ static void *in_send(void *arg) {
     return (void *)1;
 }
 
+/* accept() on a listener nobody connects to. */
+static int idle_listener = -1;
+static void *in_accept(void *arg) {
+    (void)arg;
+    pthread_cleanup_push(cleanup, NULL);
+    reached = 1;
+    accept(idle_listener, NULL, NULL);
+    pthread_cleanup_pop(0);
+    return (void *)1;
+}
+
 /* fcntl(F_SETLKW) on a lock a child process holds. */
 static char lockpath[64];
 static void *in_lock(void *arg) {
@@ -133,6 +145,17 @@ int main(int argc, char **argv) {
     all &= run("sendmsg", in_send, (void *)1);
     print_peer(l);
     print_peer(l);
+
+    /* The first port again, on 127.0.0.3 (a listener there is nobody's: no one connects). */
+    idle_listener = socket(AF_INET, SOCK_STREAM, 0);
+    struct sockaddr_in idle = dst();
+    idle.sin_port = htons(atoi(argv[1]));
+    idle.sin_addr.s_addr = htonl(0x7f000003);
+    if (bind(idle_listener, (struct sockaddr *)&idle, sizeof idle) != 0 || listen(idle_listener, 1) != 0) {
+        perror("idle listener");
+        return 2;
+    }
+    all &= run("accept", in_accept, NULL);
 
     snprintf(lockpath, sizeof lockpath, "/tmp/portrange-cancel-%d", getpid());
     int f = open(lockpath, O_RDWR | O_CREAT, 0600);

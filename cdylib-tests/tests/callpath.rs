@@ -22,7 +22,7 @@ fn configure(run: Run, strategy: Option<&str>, ip: &str, lo: u16, hi: u16, stats
 }
 
 /// Item 1: pthread_cancel of threads blocked in connect (full accept queue), in sendto/sendmsg
-/// (full socket buffers) and in fcntl(F_SETLKW): cleanup handlers run, pthread_join returns
+/// (full socket buffers), in accept and in fcntl(F_SETLKW): cleanup handlers run, pthread_join returns
 /// PTHREAD_CANCELED, the process goes on; the send connections were placed.
 #[test]
 fn cancelled_threads_unwind_through_hooks() {
