@@ -61,16 +61,27 @@ impl Wait {
 
     /// Sleep one step and say `true`, if the bound allows; `false` when it is time to give up.
     pub fn again(&mut self) -> bool {
-        let Some(start) = self.start else { return false };
-        let spent = now_ms().saturating_sub(start);
+        match self.next_step(now_ms()) {
+            Some(ms) => {
+                sleep_ms(ms);
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// The next step's length at `now` (CLOCK_MONOTONIC ms), or `None` when it is time to give
+    /// up. The schedule without the clock and the sleep, so it is tested exactly.
+    fn next_step(&mut self, now: u64) -> Option<u64> {
+        let start = self.start?;
+        let spent = now.saturating_sub(start);
         if spent >= BOUND_MS {
-            return false;
+            return None;
         }
         let ms = self.step.min(BOUND_MS - spent);
-        sleep_ms(ms);
         self.step = (self.step * 2).min(STEP_MAX_MS);
         self.waited = true;
-        true
+        Some(ms)
     }
 }
 
@@ -78,21 +89,54 @@ impl Wait {
 mod tests {
     use super::*;
 
+    /// The steps `Wait` takes when each sleep of `ms` lasts `f(ms)` on a fake clock: (steps,
+    /// time spent in all).
+    fn schedule(f: impl Fn(u64) -> u64) -> (Vec<u64>, u64) {
+        let mut w = Wait { start: Some(1000), step: 1, waited: false };
+        let (mut now, mut steps) = (1000, Vec::new());
+        while let Some(ms) = w.next_step(now) {
+            steps.push(ms);
+            now += f(ms);
+        }
+        assert_eq!(w.waited, !steps.is_empty());
+        (steps, now - 1000)
+    }
+
     #[test]
     fn never_for_non_blocking_and_bounded_for_blocking() {
         let mut w = Wait::new(false);
         assert!(!w.again());
+        assert_eq!(w.next_step(u64::MAX), None);
+        assert!(!w.waited);
+
+        // Exact sleeps: 1, 2, 4, 8, 16 ms, then 16 ms steps, the last cut to the bound.
+        let (steps, spent) = schedule(|ms| ms);
+        let mut want = vec![1, 2, 4, 8];
+        want.extend(std::iter::repeat_n(16, 11));
+        want.push(BOUND_MS - 31 - 160);
+        assert_eq!(steps, want);
+        assert_eq!(spent, BOUND_MS);
+
+        // A loaded machine oversleeps: fewer steps, and none started after the bound.
+        let (steps, spent) = schedule(|ms| ms + 40);
+        assert_eq!(steps, [1, 2, 4, 8, 16]);
+        assert_eq!(spent, 31 + 5 * 40);
+        // A step started just before the bound is cut to what is left.
+        let (steps, _) = schedule(|ms| if ms == 1 { BOUND_MS - 1 } else { ms });
+        assert_eq!(steps, [1, 1]);
+
+        // On the real clock: the wait lasts at least the bound, and really sleeps (a sleep never
+        // ends early, so no more steps than the exact schedule's, plus one for the clock's
+        // whole-ms rounding).
         let t0 = std::time::Instant::now();
         let mut w = Wait::new(true);
-        let mut steps = 0;
+        let mut n = 0;
         while w.again() {
-            steps += 1;
+            n += 1;
         }
         let spent = t0.elapsed().as_millis() as u64;
-        // The last step is cut to the bound; a loaded machine oversleeps (fewer steps, later end).
-        assert!((BOUND_MS - 2..BOUND_MS + 500).contains(&spent), "{spent} ms");
-        // 1+2+4+8+16 = 31 ms, then 16 ms steps: about 16 steps.
-        assert!((1..=18).contains(&steps), "{steps} steps");
+        assert!(spent >= BOUND_MS - 1, "{spent} ms");
+        assert!((1..=want.len() + 1).contains(&n), "{n} steps");
     }
 
     #[test]
