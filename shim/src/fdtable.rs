@@ -1,4 +1,5 @@
-//! Per-fd state, lock-free and allocation-free.
+//! Per-fd storage, lock-free and allocation-free: the socket's lifecycle word (its meaning is
+//! `socket.rs`'s), the program's option records and its epoll registration.
 //!
 //! An fd can die behind the shim's back (glibc-internal closes under `fclose()` of an
 //! `fdopen`ed socket, `close_range`, `dup2` over it), so every entry carries the identity of the
@@ -23,8 +24,8 @@ const CHUNKS: usize = 1024;
 struct Entry {
     /// sockfs inode of the socket this entry describes; 0 = empty.
     ino: AtomicU64,
-    /// `flag::*` bits.
-    flags: AtomicU64,
+    /// The socket's lifecycle word (`socket::State`; this module only stores it).
+    state: AtomicU64,
     /// The program's own IP_LOCAL_PORT_RANGE value (low 32 bits).
     range: AtomicU64,
     /// Options the program set, as bits of `options::REPLAY` (carried over by a socket swap).
@@ -47,42 +48,6 @@ struct Entry {
 type Mid = [AtomicPtr<Entry>; CHUNKS];
 const TOPS: usize = 2048;
 static TABLE: [AtomicPtr<Mid>; TOPS] = [const { AtomicPtr::new(std::ptr::null_mut()) }; TOPS];
-
-/// Bits of an entry's flags.
-pub mod flag {
-    /// The shim placed this socket (it is bound inside a slice).
-    pub const PLACED: u64 = 1 << 0;
-    /// The shim changed IP_BIND_ADDRESS_NO_PORT; `PROG_NO_PORT` is the program's own value.
-    pub const SHIM_NO_PORT: u64 = 1 << 1;
-    pub const PROG_NO_PORT: u64 = 1 << 2;
-    /// The shim changed IP_LOCAL_PORT_RANGE; the program's value is in the range word.
-    pub const SHIM_RANGE: u64 = 1 << 3;
-    /// The shim changed SO_REUSEADDR; `PROG_REUSEADDR` is the program's own value.
-    pub const SHIM_REUSEADDR: u64 = 1 << 4;
-    pub const PROG_REUSEADDR: u64 = 1 << 5;
-    /// The shim bound the socket to a slice IP (an earlier attempt): that IP is not a pin.
-    pub const SHIM_BOUND: u64 = 1 << 9;
-    /// The program called bind(wildcard, 0): the real bind waits for listen/getsockname (which
-    /// need the port) or is replaced by the placement at connect / first send.
-    pub const DEFERRED_BIND: u64 = 1 << 10;
-    /// A deferred wildcard bind was carried out (the program asked for the port): the port is the
-    /// kernel's choice, not the program's.
-    pub const WILDCARD_PORT: u64 = 1 << 11;
-    /// The send path has decided about this socket (placed, or left alone for good).
-    pub const SETTLED: u64 = 1 << 12;
-    /// A UDP socket connected through the cookie check: its port is shared with other peers'
-    /// sockets, so a connect to another peer must be checked again (on a fresh socket).
-    pub const SHARED_PORT: u64 = 1 << 13;
-    /// A UDP socket on a shared port was disconnected (connect AF_UNSPEC): it keeps its socket
-    /// (datagrams already queued stay readable) and its next connect or send is placed afresh.
-    pub const DISCONNECTED: u64 = 1 << 14;
-    /// A UDP socket created by socket() in this process: a port it has while the program never
-    /// bound it (`PROG_BOUND`) is the kernel's automatic one — taken by a call that failed
-    /// (send() or write() without an address, a connect with a bad length) — not the program's.
-    pub const CREATED_HERE: u64 = 1 << 15;
-    /// The program bound the socket to a port itself.
-    pub const PROG_BOUND: u64 = 1 << 16;
-}
 
 /// A zeroed anonymous mapping of `bytes` (zeroed memory is a valid array of atomics), installed
 /// in `at` unless another thread installed one first; the installed pointer.
@@ -149,10 +114,10 @@ pub fn ino(fd: c_int) -> Option<u64> {
     Some(st.st_ino)
 }
 
-/// The flags recorded for the socket `ino` at `fd` (0 if none, or if the entry is stale).
-pub fn flags(fd: c_int, ino: u64) -> u64 {
+/// The lifecycle word recorded for the socket `ino` at `fd` (0 if none, or if the entry is stale).
+pub fn word(fd: c_int, ino: u64) -> u64 {
     match slot(fd, false) {
-        Some(e) if e.ino.load(Relaxed) == ino => e.flags.load(Relaxed),
+        Some(e) if e.ino.load(Relaxed) == ino => e.state.load(Relaxed),
         _ => 0,
     }
 }
@@ -168,7 +133,7 @@ pub fn prog_range(fd: c_int, ino: u64) -> u32 {
 fn claim(fd: c_int, ino: u64) -> Option<&'static Entry> {
     let e = slot(fd, true)?;
     if e.ino.load(Relaxed) != ino {
-        e.flags.store(0, Relaxed);
+        e.state.store(0, Relaxed);
         e.range.store(0, Relaxed);
         e.opts.store(0, Relaxed);
         e.unknown.store(0, Relaxed);
@@ -270,28 +235,13 @@ pub fn epoll_of(fd: c_int) -> Option<(c_int, u32, u64)> {
     (ep > 0).then(|| (ep - 1, e.ep_events.load(Relaxed), e.ep_data.load(Relaxed)))
 }
 
-/// Set and clear flags of socket `ino` at `fd` (a stale entry is reset first).
-pub fn update(fd: c_int, ino: u64, set: u64, clear: u64) {
-    if set & (flag::SHIM_NO_PORT | flag::SHIM_RANGE | flag::SHIM_REUSEADDR) != 0
-        && !SHIM_CHANGED.load(Relaxed)
-    {
-        SHIM_CHANGED.store(true, Relaxed);
-    }
+/// Replace the lifecycle word of socket `ino` at `fd` by `f(word)` (a stale entry is reset
+/// first). One compare-and-swap loop: concurrent changes of the same socket are not lost.
+pub fn modify(fd: c_int, ino: u64, f: impl Fn(u64) -> u64) {
     if let Some(e) = claim(fd, ino) {
-        e.flags.fetch_and(!clear, Relaxed);
-        e.flags.fetch_or(set, Relaxed);
+        let _ = e.state.fetch_update(Relaxed, Relaxed, |w| Some(f(w)));
     }
 }
-
-/// Has the shim changed a managed option (SO_REUSEADDR, IP_BIND_ADDRESS_NO_PORT,
-/// IP_LOCAL_PORT_RANGE) on any socket of this process? Until it has, getsockopt of those options
-/// needs no look-up at all (one atomic load).
-#[cfg_attr(test, allow(dead_code))]
-pub fn shim_changed_any() -> bool {
-    SHIM_CHANGED.load(Relaxed)
-}
-
-static SHIM_CHANGED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
 
 /// Record the program's own IP_LOCAL_PORT_RANGE value.
 pub fn set_prog_range(fd: c_int, ino: u64, v: u32) {
@@ -313,10 +263,10 @@ pub fn clear(fd: c_int) {
     }
 }
 
-/// Another descriptor of the same socket `ino` whose entry has one of the `bits` (a dup made
+/// Another descriptor of the same socket `ino` whose lifecycle word satisfies `wanted` (a dup made
 /// before the shim changed an option on the original fd knows nothing of it). Scans the chunks
 /// in use: for the rare reads of the options the shim manages.
-pub fn sibling(fd: c_int, ino: u64, bits: u64) -> Option<c_int> {
+pub fn sibling(fd: c_int, ino: u64, wanted: impl Fn(u64) -> bool) -> Option<c_int> {
     for (t, top) in TABLE.iter().enumerate() {
         let m = top.load(Relaxed);
         if m.is_null() {
@@ -333,7 +283,7 @@ pub fn sibling(fd: c_int, ino: u64, bits: u64) -> Option<c_int> {
                 // SAFETY: an installed chunk of CHUNK entries, never unmapped.
                 let e = unsafe { &*p.add(lo) };
                 let other = (t * CHUNKS + c) * CHUNK + lo;
-                if other != fd as usize && e.ino.load(Relaxed) == ino && e.flags.load(Relaxed) & bits != 0 {
+                if other != fd as usize && e.ino.load(Relaxed) == ino && wanted(e.state.load(Relaxed)) {
                     return c_int::try_from(other).ok();
                 }
             }
@@ -348,7 +298,7 @@ pub fn copy(from: c_int, to: c_int) {
         Some(src) if src.ino.load(Relaxed) != 0 => {
             if let Some(dst) = slot(to, true) {
                 dst.ino.store(0, Relaxed);
-                dst.flags.store(src.flags.load(Relaxed), Relaxed);
+                dst.state.store(src.state.load(Relaxed), Relaxed);
                 dst.range.store(src.range.load(Relaxed), Relaxed);
                 dst.opts.store(src.opts.load(Relaxed), Relaxed);
                 dst.unknown.store(src.unknown.load(Relaxed), Relaxed);
@@ -375,13 +325,13 @@ mod tests {
         let a = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
         let fd = a.as_raw_fd();
         let ino_a = ino(fd).unwrap();
-        assert_eq!(flags(fd, ino_a), 0);
-        update(fd, ino_a, flag::PLACED | flag::SHIM_NO_PORT, 0);
+        assert_eq!(word(fd, ino_a), 0);
+        modify(fd, ino_a, |w| w | 0b1100);
         set_prog_range(fd, ino_a, 7);
-        assert_eq!(flags(fd, ino_a), flag::PLACED | flag::SHIM_NO_PORT);
+        assert_eq!(word(fd, ino_a), 0b1100);
         assert_eq!(prog_range(fd, ino_a), 7);
-        update(fd, ino_a, 0, flag::SHIM_NO_PORT);
-        assert_eq!(flags(fd, ino_a), flag::PLACED);
+        modify(fd, ino_a, |w| w & !0b100);
+        assert_eq!(word(fd, ino_a), 0b1000);
 
         // The fd dies behind our back and a new socket takes its number: the entry is stale.
         drop(a);
@@ -389,20 +339,20 @@ mod tests {
         let ino_b = ino(b.as_raw_fd()).unwrap();
         assert_ne!(ino_a, ino_b);
         if b.as_raw_fd() == fd {
-            assert_eq!(flags(fd, ino_b), 0);
+            assert_eq!(word(fd, ino_b), 0);
             assert_eq!(prog_range(fd, ino_b), 0);
         }
         // Writing for the new socket resets the stale entry first.
-        update(b.as_raw_fd(), ino_b, flag::SHIM_BOUND, 0);
-        assert_eq!(flags(b.as_raw_fd(), ino_b), flag::SHIM_BOUND);
+        modify(b.as_raw_fd(), ino_b, |w| w | 0b10000);
+        assert_eq!(word(b.as_raw_fd(), ino_b), 0b10000);
 
         // dup copies; close clears.
         copy(b.as_raw_fd(), 5000);
-        assert_eq!(flags(5000, ino_b), flag::SHIM_BOUND);
+        assert_eq!(word(5000, ino_b), 0b10000);
         assert!(occupied(5000));
         clear(5000);
         assert!(!occupied(5000));
-        assert_eq!(flags(5000, ino_b), 0);
+        assert_eq!(word(5000, ino_b), 0);
         copy(4999, 5000); // from an empty entry: clears
         assert!(!occupied(5000));
 
@@ -430,15 +380,15 @@ mod tests {
 
     #[test]
     fn negative_fds_are_ignored_and_high_ones_kept() {
-        update(-1, 1, flag::PLACED, 0);
-        assert_eq!(flags(-1, 1), 0);
+        modify(-1, 1, |w| w | 0b1000);
+        assert_eq!(word(-1, 1), 0);
         // Descriptors at and above 2^20 (fs.nr_open raised), up to the largest c_int.
         for fd in [1 << 20, (1 << 20) + 1023, 1 << 21, (1 << 30) + 5, c_int::MAX] {
-            update(fd, 7, flag::DEFERRED_BIND, 0);
-            assert_eq!(flags(fd, 7), flag::DEFERRED_BIND, "fd {fd}");
+            modify(fd, 7, |w| w | 0b100000);
+            assert_eq!(word(fd, 7), 0b100000, "fd {fd}");
             assert!(occupied(fd));
             copy(fd, fd - 1);
-            assert_eq!(flags(fd - 1, 7), flag::DEFERRED_BIND, "dup of fd {fd}");
+            assert_eq!(word(fd - 1, 7), 0b100000, "dup of fd {fd}");
         }
         for fd in [1 << 20, 1 << 21, (1 << 30) + 5, c_int::MAX, c_int::MAX - 1] {
             clear(fd);

@@ -177,7 +177,7 @@ pub unsafe extern "C-unwind" fn socket(domain: c_int, ty: c_int, protocol: c_int
         && engaged()
     {
         // A UDP socket: marked as created here (its port, until the program binds it, is the
-        // kernel's: see `flag::CREATED_HERE`). One fstat, for datagram sockets only.
+        // kernel's: see `socket::fact::CREATED_HERE`). One fstat, for datagram sockets only.
         let e0 = errno::get();
         inside(|nested| {
             if !nested {
@@ -291,7 +291,7 @@ pub unsafe extern "C-unwind" fn getsockopt(
     // Also for an fd without an entry: a dup made before the shim changed the socket (the
     // original fd's entry answers). Only the three managed options, which programs rarely read,
     // and only once the shim has changed one of them on some socket of this process.
-    if !crate::sys::options::managed(level, name) || !crate::fdtable::shim_changed_any() || !engaged() {
+    if !crate::sys::options::managed(level, name) || !crate::socket::shim_changed_any() || !engaged() {
         // SAFETY: the program's own arguments, passed on unchanged to the real function.
         return unsafe { real::getsockopt(fd, level, name, val, len) };
     }

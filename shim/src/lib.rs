@@ -16,6 +16,7 @@ mod guard;
 mod log;
 #[cfg_attr(test, allow(dead_code))]
 mod real;
+mod socket;
 mod stats;
 mod strategy;
 mod sys;

@@ -1,8 +1,9 @@
 //! bind(), listen(), getsockname(): deferred wildcard binds and bind(SLICE_IP, 0).
 
 use super::Sock;
-use crate::fdtable::{self, flag};
+use crate::fdtable;
 use crate::scope::Proto;
+use crate::socket::{self, State};
 use crate::stats::{self, C};
 use crate::sys::addr;
 use crate::{errno, mode, real, Mode};
@@ -25,7 +26,7 @@ pub fn materialize(fd: c_int, ino: u64, family: c_int) -> Result<(), c_int> {
         (Some(ip), Some(Mode::Active(active))) if !ip.is_unspecified() => {
             let slices = active.cfg.slices.iter().filter(|s| s.ip == ip);
             let r = bind_slice_port(fd, family, slices, &active.reserved);
-            fdtable::update(fd, ino, if r.is_ok() { flag::PLACED } else { 0 }, flag::DEFERRED_BIND);
+            socket::go(fd, ino, if r.is_ok() { State::bound_in_slice } else { State::deferred_bind_failed });
             r
         }
         _ => {
@@ -35,7 +36,7 @@ pub fn materialize(fd: c_int, ino: u64, family: c_int) -> Result<(), c_int> {
                 SocketAddr::new(std::net::Ipv4Addr::UNSPECIFIED.into(), 0)
             };
             let _ = addr::bind(fd, any, family);
-            fdtable::update(fd, ino, flag::WILDCARD_PORT, flag::DEFERRED_BIND);
+            socket::go(fd, ino, State::bound_by_kernel);
             Ok(())
         }
     }
@@ -73,7 +74,7 @@ pub fn materialize_if_deferred(fd: c_int) -> Result<(), c_int> {
     let e0 = errno::get();
     let mut r = Ok(());
     if let Some(ino) = fdtable::ino(fd) {
-        if fdtable::flags(fd, ino) & flag::DEFERRED_BIND != 0 {
+        if socket::of(fd, ino).deferred() {
             if let Some((family, _)) = addr::local(fd) {
                 r = materialize(fd, ino, family);
             }
@@ -92,7 +93,7 @@ pub unsafe fn bind(fd: c_int, sa: *const sockaddr, len: socklen_t) -> c_int {
     if fdtable::occupied(fd) {
         // A socket whose bind the shim deferred is bound, as far as the program knows.
         let e0 = errno::get();
-        if fdtable::ino(fd).is_some_and(|ino| fdtable::flags(fd, ino) & flag::DEFERRED_BIND != 0) {
+        if fdtable::ino(fd).is_some_and(|ino| socket::of(fd, ino).deferred()) {
             return fail(libc::EINVAL) as c_int;
         }
         errno::set(e0);
@@ -103,7 +104,7 @@ pub unsafe fn bind(fd: c_int, sa: *const sockaddr, len: socklen_t) -> c_int {
         if r == 0 && fdtable::occupied(fd) {
             let e0 = errno::get();
             if let Some(ino) = fdtable::ino(fd) {
-                fdtable::update(fd, ino, flag::PROG_BOUND, 0);
+                socket::go(fd, ino, State::program_bound);
             }
             errno::set(e0);
         }
@@ -120,12 +121,12 @@ pub unsafe fn bind(fd: c_int, sa: *const sockaddr, len: socklen_t) -> c_int {
         // SAFETY: the program's own arguments (valid as the libc call requires), passed on unchanged.
         return unsafe { real::bind(fd, sa, len) };
     }
-    let flags = fdtable::flags(fd, ino);
+    let state = socket::of(fd, ino);
     let ip = crate::config::canonical(req.ip());
     if req.ip().is_unspecified() {
         // bind(0.0.0.0 / ::, 0): the kernel would pick a port now; the shim waits, so that a
         // connect or first send can still be placed, and a listen gets the port it expects.
-        if flags & (flag::DEFERRED_BIND | flag::PLACED) != 0 || sock.local.port() != 0 {
+        if state.bound_for_program() || sock.local.port() != 0 {
             return fail(libc::EINVAL) as c_int; // already bound, as the kernel says
         }
         if !sock.local.ip().is_unspecified() {
@@ -133,7 +134,7 @@ pub unsafe fn bind(fd: c_int, sa: *const sockaddr, len: socklen_t) -> c_int {
             // SAFETY: the program's own arguments (valid as the libc call requires), passed on unchanged.
             return unsafe { real::bind(fd, sa, len) };
         }
-        fdtable::update(fd, ino, flag::DEFERRED_BIND, 0);
+        socket::go(fd, ino, State::defer_bind);
         log::trace!("bind fd {fd} to {req}: deferred until connect/send/listen/getsockname");
         errno::set(e0);
         return 0;
@@ -166,7 +167,7 @@ pub unsafe fn bind(fd: c_int, sa: *const sockaddr, len: socklen_t) -> c_int {
             let _ = addr::set_u32(fd, libc::IPPROTO_IP, libc::IP_BIND_ADDRESS_NO_PORT, 0);
             return fail(e) as c_int;
         }
-        fdtable::update(fd, ino, flag::SHIM_NO_PORT | flag::DEFERRED_BIND, flag::PROG_NO_PORT);
+        socket::go(fd, ino, State::defer_slice_bind);
         log::trace!("bind fd {fd} to {req}: port deferred until connect/listen/getsockname");
         errno::set(e0);
         return 0;
@@ -176,7 +177,7 @@ pub unsafe fn bind(fd: c_int, sa: *const sockaddr, len: socklen_t) -> c_int {
     let slices = active.cfg.slices.iter().filter(|s| s.ip == ip);
     match bind_slice_port(fd, sock.family, slices, &active.reserved) {
         Ok(()) => {
-            fdtable::update(fd, ino, flag::PLACED, 0);
+            socket::go(fd, ino, State::bound_in_slice);
             errno::set(e0);
             0
         }

@@ -25,14 +25,14 @@ pub unsafe fn epoll_ctl(epfd: c_int, op: c_int, fd: c_int, ev: *mut libc::epoll_
 }
 
 /// socket() made an AF_INET/AF_INET6 datagram socket: mark it as created here (see
-/// `flag::CREATED_HERE`).
+/// `socket::fact::CREATED_HERE`).
 pub fn udp_created(fd: c_int, protocol: c_int) {
     if matches!(protocol, 0 | libc::IPPROTO_UDP)
         && matches!(mode(), Some(Mode::Active(_)))
         && !crate::in_shared_child()
     {
         if let Some(ino) = fdtable::ino(fd) {
-            fdtable::update(fd, ino, fdtable::flag::CREATED_HERE, 0);
+            crate::socket::go(fd, ino, crate::socket::State::born_udp);
         }
     }
 }

@@ -2,7 +2,8 @@
 //! (SO_REUSEADDR, IP_BIND_ADDRESS_NO_PORT, IP_LOCAL_PORT_RANGE), and which options to carry over
 //! if a socket is ever swapped.
 
-use crate::fdtable::{self, flag};
+use crate::fdtable;
+use crate::socket::{self, fact, Managed};
 use crate::sys::options;
 use crate::sys::sysctl::IP_LOCAL_PORT_RANGE;
 use crate::{errno, mode, real, Mode};
@@ -31,16 +32,15 @@ pub unsafe fn setsockopt(fd: c_int, level: c_int, name: c_int, val: *const c_voi
         if options::managed(level, name) {
             // SAFETY: the program's own option buffer, valid for `len` bytes as setsockopt/getsockopt require.
             let v = if val.is_null() { 0 } else { unsafe { read_int(val, len) } };
-            let bit = |set: bool, b: u64| if set { (b, 0) } else { (0, b) };
-            let (set, clear) = match (level, name) {
-                (libc::IPPROTO_IP, libc::IP_BIND_ADDRESS_NO_PORT) => bit(v != 0, flag::PROG_NO_PORT),
-                (libc::SOL_SOCKET, libc::SO_REUSEADDR) => bit(v != 0, flag::PROG_REUSEADDR),
-                _ => {
-                    fdtable::set_prog_range(fd, ino, v);
-                    (0, 0)
+            match (level, name) {
+                (libc::IPPROTO_IP, libc::IP_BIND_ADDRESS_NO_PORT) => {
+                    socket::go(fd, ino, |s| s.program_set(Managed::NoPort, v != 0))
                 }
-            };
-            fdtable::update(fd, ino, set, clear);
+                (libc::SOL_SOCKET, libc::SO_REUSEADDR) => {
+                    socket::go(fd, ino, |s| s.program_set(Managed::ReuseAddr, v != 0))
+                }
+                _ => fdtable::set_prog_range(fd, ino, v),
+            }
         } else {
             fdtable::record_opt(
                 fd,
@@ -76,26 +76,24 @@ pub unsafe fn getsockopt(
     }
     let e0 = errno::get();
     if let Some(ino) = fdtable::ino(fd) {
-        let shim_bits = flag::SHIM_NO_PORT | flag::SHIM_RANGE | flag::SHIM_REUSEADDR;
-        let mut f = fdtable::flags(fd, ino);
+        let mut s = socket::of(fd, ino);
         let mut fd = fd;
-        if f & shim_bits == 0 {
+        if !s.has(fact::SHIM_OPTS) {
             // A dup made before the shim changed the socket: the original fd's entry knows.
-            if let Some(other) = fdtable::sibling(fd, ino, shim_bits) {
+            let changed = |w| socket::State::from_word(w).has(fact::SHIM_OPTS);
+            if let Some(other) = fdtable::sibling(fd, ino, changed) {
                 fd = other;
-                f = fdtable::flags(fd, ino);
+                s = socket::of(fd, ino);
             }
         }
         let own = match (level, name) {
-            (libc::IPPROTO_IP, libc::IP_BIND_ADDRESS_NO_PORT) if f & flag::SHIM_NO_PORT != 0 => {
-                Some(u32::from(f & flag::PROG_NO_PORT != 0))
+            (libc::IPPROTO_IP, libc::IP_BIND_ADDRESS_NO_PORT) => {
+                s.program_value(Managed::NoPort).map(u32::from)
             }
-            (libc::IPPROTO_IP, IP_LOCAL_PORT_RANGE) if f & flag::SHIM_RANGE != 0 => {
+            (libc::IPPROTO_IP, IP_LOCAL_PORT_RANGE) if s.has(fact::SHIM_RANGE) => {
                 Some(fdtable::prog_range(fd, ino))
             }
-            (libc::SOL_SOCKET, libc::SO_REUSEADDR) if f & flag::SHIM_REUSEADDR != 0 => {
-                Some(u32::from(f & flag::PROG_REUSEADDR != 0))
-            }
+            (libc::SOL_SOCKET, libc::SO_REUSEADDR) => s.program_value(Managed::ReuseAddr).map(u32::from),
             _ => None,
         };
         if let Some(v) = own {

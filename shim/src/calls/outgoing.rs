@@ -7,8 +7,9 @@
 
 use super::bind::materialize;
 use super::Sock;
-use crate::fdtable::{self, flag};
+use crate::fdtable;
 use crate::scope::{self, Call, Decision, Leave, Proto};
+use crate::socket::{self, fact, Port, State};
 use crate::stats::{self, C};
 use crate::strategy::kernel::{KStep, Kernel};
 use crate::strategy::{cookie::Cookie, exclusive, retry, Cursor, Placed, Step, Target};
@@ -109,10 +110,7 @@ pub fn send(
     if named {
         if !fastopen {
             let settled = fdtable::occupied(fd)
-                && fdtable::ino(fd).is_some_and(|ino| {
-                    let f = fdtable::flags(fd, ino);
-                    f & (flag::PLACED | flag::SETTLED) != 0 && f & flag::DISCONNECTED == 0
-                });
+                && fdtable::ino(fd).is_some_and(|ino| socket::of(fd, ino).sends_settled());
             if settled {
                 return Next::Pass;
             }
@@ -154,7 +152,7 @@ fn outgoing(fd: c_int, dst: SocketAddr, call: Call, nested: bool) -> Next {
         if call == Call::FirstSend {
             // Not ours (raw, ICMP, SCTP...): later sends need not ask again.
             if let Some(ino) = fdtable::ino(fd) {
-                fdtable::update(fd, ino, flag::SETTLED, 0);
+                socket::go(fd, ino, State::settle);
             }
         }
         return Next::Pass;
@@ -164,21 +162,21 @@ fn outgoing(fd: c_int, dst: SocketAddr, call: Call, nested: bool) -> Next {
         return Next::Pass;
     }
     let Some(ino) = fdtable::ino(fd) else { return Next::Pass };
-    let flags = fdtable::flags(fd, ino);
+    let state = socket::of(fd, ino);
     let exhausted = if sock.proto == Proto::Udp { libc::EAGAIN } else { libc::EADDRNOTAVAIL };
     let flow = |v6, pinned| Flow { active, fd, ino, family: sock.family, local: sock.local, v6, pinned, dst };
-    if flags & flag::PLACED != 0 {
+    if state.placed() {
         // A UDP socket may connect again, to another peer, without disconnecting first. On a
         // shared port that new 4-tuple was never checked: it is placed afresh, on a fresh socket.
         // (An owned port is nobody else's; a TCP socket connects once.)
-        if call == Call::Connect && sock.proto == Proto::Tcp && flags & flag::SHIM_REUSEADDR == 0 {
+        if call == Call::Connect && sock.proto == Proto::Tcp && !state.has(fact::SHIM_REUSEADDR) {
             crate::strategy::exclusive::share_on_connect(fd, ino);
         }
         // After a disconnect (connect AF_UNSPEC), the next connect or send is placed afresh.
-        let recheck = flags & flag::DISCONNECTED != 0
+        let recheck = state.disconnected()
             || (call == Call::Connect
                 && sock.proto == Proto::Udp
-                && flags & flag::SHARED_PORT != 0
+                && state.shared_port()
                 && addr::peer(fd).is_none_or(|p| addr::canonical(p) != addr::canonical(dst)));
         if !recheck {
             return Next::Pass;
@@ -191,7 +189,7 @@ fn outgoing(fd: c_int, dst: SocketAddr, call: Call, nested: bool) -> Next {
     }
     if call == Call::FirstSend && sock.proto == Proto::Tcp {
         // sendto() with an address on a TCP socket: the address is ignored (no Fast Open flag).
-        fdtable::update(fd, ino, flag::SETTLED, 0);
+        socket::go(fd, ino, State::settle);
         return Next::Pass;
     }
     if sock.proto == Proto::Tcp
@@ -204,12 +202,12 @@ fn outgoing(fd: c_int, dst: SocketAddr, call: Call, nested: bool) -> Next {
     // A UDP socket created here and never bound by the program, yet holding a port on the
     // wildcard address: the kernel took it for a call that failed (send() or write() without an
     // address, a connect with a bad length). Not the program's choice: the flow is placed.
-    let kernel_port = flags & (flag::CREATED_HERE | flag::PROG_BOUND) == flag::CREATED_HERE
+    let kernel_port = state.never_bound_by_program()
         && sock.proto == Proto::Udp
         && sock.local.port() != 0
         && sock.local.ip().is_unspecified();
-    let not_programs = flags & (flag::SHIM_BOUND | flag::WILDCARD_PORT) != 0 || kernel_port;
-    let deferred = flags & flag::DEFERRED_BIND != 0;
+    let not_programs = state.has(fact::NOT_PROGRAMS) || kernel_port;
+    let deferred = state.deferred();
     match scope::decide(&active.cfg, sock.local, not_programs, dst, call) {
         // A TCP connect to port 0 of a real address still sends a SYN (answered by a reset): the
         // flow is placed like any other. (`decide` calls port 0 unusable; asked again with a
@@ -244,11 +242,12 @@ fn outgoing(fd: c_int, dst: SocketAddr, call: Call, nested: bool) -> Next {
         }
         Decision::Leave(why) => {
             leave(why, sock.local, dst, nested);
-            if call == Call::FirstSend {
-                fdtable::update(fd, ino, flag::SETTLED, 0);
-            }
             if deferred {
                 let _ = materialize(fd, ino, sock.family);
+            }
+            if call == Call::FirstSend {
+                // After the deferred bind is carried out: a socket placed by it stays placed.
+                socket::go(fd, ino, State::settle);
             }
             Next::Pass
         }
@@ -314,7 +313,7 @@ fn place_tcp(f: Flow) -> Next {
     // The program's own socket can take the placement unless it already holds a port (a
     // deferred wildcard bind carried out for getsockname, or an earlier attempt of ours).
     let own_usable = f.local.port() == 0;
-    fdtable::update(f.fd, f.ino, flag::SHIM_REUSEADDR | flag::SHIM_NO_PORT | flag::SHIM_RANGE, 0);
+    socket::go(f.fd, f.ino, |s| s.shim_set(fact::SHIM_OPTS));
     let target = match Target::new(f.fd, f.ino, f.family, own_usable) {
         Ok(t) => t,
         Err(p) => return conclude(f.fd, f.dst, Kind::Tcp(f.active.tcp), p),
@@ -337,7 +336,7 @@ fn place_tcp(f: Flow) -> Next {
 /// 4-tuple); a first unconnected send gets a port of its own (it may talk to anyone from it).
 fn place_udp(f: Flow, call: Call) -> Next {
     let own_usable = f.local.port() == 0;
-    fdtable::update(f.fd, f.ino, flag::SHIM_REUSEADDR, 0);
+    socket::go(f.fd, f.ino, |s| s.shim_set(fact::SHIM_REUSEADDR));
     let mut target = match Target::new(f.fd, f.ino, f.family, own_usable) {
         Ok(t) => t,
         Err(p) => return conclude(f.fd, f.dst, Kind::Udp, p),
@@ -514,19 +513,12 @@ fn conclude_known(fd: c_int, dst: SocketAddr, kind: Kind, r: Placed, ino: Option
     };
     // The fd may hold a fresh socket now: record against whatever it holds.
     let ino = ino.or_else(|| fdtable::ino(fd)).unwrap_or(0);
-    let tried = flag::SHIM_BOUND;
     match r {
         Placed::Ok { ret, errno: e, slice, local } => {
             // The entry may come from the socket this one replaced (a swap keeps it): its port is
             // shared only if this placement shares it, and it is no longer disconnected.
-            let (shared, owned) =
-                if kind == Kind::UdpShared { (flag::SHARED_PORT, 0) } else { (0, flag::SHARED_PORT) };
-            fdtable::update(
-                fd,
-                ino,
-                flag::PLACED | tried | shared,
-                flag::DEFERRED_BIND | flag::DISCONNECTED | owned,
-            );
+            let port = if kind == Kind::UdpShared { Port::Shared } else { Port::Owned };
+            socket::go(fd, ino, |s| s.placed_at(port));
             stats::bump(counter);
             if kind == Kind::KernelFallback {
                 stats::bump(C::kernel_fallbacks);
@@ -538,12 +530,12 @@ fn conclude_known(fd: c_int, dst: SocketAddr, kind: Kind, r: Placed, ino: Option
             Next::Return { ret, errno: e }
         }
         Placed::Failed { ret, errno: e } => {
-            fdtable::update(fd, ino, tried, flag::DEFERRED_BIND);
+            socket::go(fd, ino, State::attempt_failed);
             log::debug!("fd {fd} to {dst}: {}", std::io::Error::from_raw_os_error(e));
             Next::Return { ret, errno: e }
         }
         Placed::Exhausted => {
-            fdtable::update(fd, ino, tried, flag::DEFERRED_BIND);
+            socket::go(fd, ino, State::attempt_failed);
             let proto = if matches!(kind, Kind::Udp | Kind::UdpShared) { "udp" } else { "tcp" };
             crate::strategy::refusal::refused(proto, dst, exhausted);
             fail(exhausted)
@@ -593,16 +585,16 @@ fn conclude_known(fd: c_int, dst: SocketAddr, kind: Kind, r: Placed, ino: Option
 /// dup made before connect, or in an exec'd child — is the program's (issue 9 case 7).
 /// (SO_REUSEADDR stays 1: other sockets share the port with this one.)
 fn restore_after_connect(fd: c_int, ino: u64) {
-    let f = fdtable::flags(fd, ino);
-    if f & flag::SHIM_NO_PORT != 0 {
-        let own = u32::from(f & flag::PROG_NO_PORT != 0);
+    let s = socket::of(fd, ino);
+    if let Some(own) = s.program_value(socket::Managed::NoPort) {
+        let own = u32::from(own);
         let _ = addr::set_u32(fd, libc::IPPROTO_IP, libc::IP_BIND_ADDRESS_NO_PORT, own);
     }
-    if f & flag::SHIM_RANGE != 0 {
+    if s.has(fact::SHIM_RANGE) {
         let own = fdtable::prog_range(fd, ino);
         let _ = addr::set_u32(fd, libc::IPPROTO_IP, crate::sys::sysctl::IP_LOCAL_PORT_RANGE, own);
     }
-    fdtable::update(fd, ino, 0, flag::SHIM_NO_PORT | flag::SHIM_RANGE);
+    socket::go(fd, ino, State::options_restored);
 }
 
 /// connect(AF_UNSPEC) succeeded. A UDP socket the shim placed keeps its (shared) slice port
@@ -613,16 +605,15 @@ fn disconnected(fd: c_int) {
     let Some(ino) = fdtable::ino(fd) else { return };
     // Only a shared port needs placing again: an owned one (the program's bind(SLICE_IP, 0), a
     // first send's port) is the socket's own, and the kernel keeps an explicit bind's port.
-    let f = fdtable::flags(fd, ino);
-    if f & flag::SHARED_PORT != 0 {
-        fdtable::update(fd, ino, flag::DISCONNECTED, 0);
-    } else if f & flag::PLACED != 0
-        && addr::get_int(fd, libc::SOL_SOCKET, libc::SO_PROTOCOL) == Some(libc::IPPROTO_TCP)
+    let s = socket::of(fd, ino);
+    if s.shared_port() {
+        socket::go(fd, ino, State::disconnect_shared);
+    } else if s.placed() && addr::get_int(fd, libc::SOL_SOCKET, libc::SO_PROTOCOL) == Some(libc::IPPROTO_TCP)
     {
         // A disconnected TCP socket: the kernel released a port it chose (kernel strategy; its
         // getsockname still shows it), so the next connect is placed again — left alone it would
         // take an automatic port from outside the slice.
-        fdtable::update(fd, ino, 0, flag::PLACED);
+        socket::go(fd, ino, State::disconnect_owned);
     }
 }
 

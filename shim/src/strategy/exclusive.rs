@@ -43,7 +43,7 @@ pub fn share_on_connect(fd: c_int, ino: u64) {
     if addr::get_int(fd, libc::SOL_SOCKET, libc::SO_ACCEPTCONN) == Some(0)
         && addr::set_u32(fd, libc::SOL_SOCKET, libc::SO_REUSEADDR, 1).is_ok()
     {
-        crate::fdtable::update(fd, ino, crate::fdtable::flag::SHIM_REUSEADDR, 0);
+        crate::socket::go(fd, ino, |s| s.shim_set(crate::socket::fact::SHIM_REUSEADDR));
     }
 }
 

@@ -1,0 +1,431 @@
+//! A socket's life as the shim sees it: one explicit [`Phase`] plus a few sticky facts, packed
+//! in one word per fd (stored by `fdtable`, lock-free, checked against the socket's identity).
+//! Every change is a named transition here ([`State`]'s methods, pure, unit-tested); the calls
+//! in `calls/*` ask for transitions with [`go`] and never touch bits.
+//!
+//! ```text
+//!                 bind(wildcard|SLICE_IP, 0)               connect/send placed
+//!   Fresh ───────────────defer_bind──────────▶ DeferredBind ─────placed────▶ Placed{Owned|Shared}
+//!     │ ▲                                          │   │                         │      │
+//!     │ └──bound_by_kernel / deferred_bind_failed──┘   └─bound_in_slice─▶ Placed{Owned}  │
+//!     │ └──attempt_failed (from DeferredBind)                                        │      │
+//!     │ └──────────────── disconnect (TCP, owned: the kernel released its port) ─────┘      │
+//!     ├─settle─▶ Settled (sends left alone; defer_bind / placed still possible)             │
+//!     └─placed / bound_in_slice─▶ Placed        Placed{Shared} ─disconnect─▶ Disconnected ─placed─▶ Placed
+//! ```
+
+use libc::c_int;
+
+/// Who owns a placed socket's port.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Port {
+    /// The socket's own (a bind in the slice, a first send, a TCP connect's 4-tuple).
+    Owned,
+    /// A UDP port shared with other peers' sockets (cookie-checked connect): a connect to
+    /// another peer must be checked again.
+    Shared,
+}
+
+/// Where the socket is in its life.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Phase {
+    /// Nothing decided yet (also: an attempt failed, a deferred bind was carried out at the
+    /// wildcard, a placed TCP socket was disconnected).
+    Fresh,
+    /// The program called bind(wildcard, 0) or (TCP) bind(SLICE_IP, 0): the port waits for
+    /// connect / first send (placed) or listen / getsockname (carried out).
+    DeferredBind,
+    /// The send path left the socket alone for good (out of scope, not ours, TCP sendto).
+    Settled,
+    /// Bound inside a slice by the shim.
+    Placed(Port),
+    /// A UDP socket placed on a shared port, then disconnected (connect AF_UNSPEC): its next
+    /// connect or send is placed afresh.
+    Disconnected,
+}
+
+/// Sticky facts beside the phase (bits above [`PHASE_BITS`]).
+pub mod fact {
+    /// A datagram socket created by socket() in this process: a port it holds while the
+    /// program never bound it (`PROG_BOUND`) is the kernel's automatic one.
+    pub const CREATED_HERE: u64 = 1 << 3;
+    /// The program bound the socket to a port itself.
+    pub const PROG_BOUND: u64 = 1 << 4;
+    /// The local address is not the program's choice: the shim bound it (an attempt) or the
+    /// kernel chose it (a deferred wildcard bind carried out). Its IP is not a pin.
+    pub const NOT_PROGRAMS: u64 = 1 << 5;
+    /// The shim changed IP_BIND_ADDRESS_NO_PORT; `PROG_NO_PORT` is the program's own value.
+    pub const SHIM_NO_PORT: u64 = 1 << 6;
+    pub const PROG_NO_PORT: u64 = 1 << 7;
+    /// The shim changed IP_LOCAL_PORT_RANGE (the program's value is the entry's range word).
+    pub const SHIM_RANGE: u64 = 1 << 8;
+    /// The shim changed SO_REUSEADDR; `PROG_REUSEADDR` is the program's own value.
+    pub const SHIM_REUSEADDR: u64 = 1 << 9;
+    pub const PROG_REUSEADDR: u64 = 1 << 10;
+    /// Any option the shim changed.
+    pub const SHIM_OPTS: u64 = SHIM_NO_PORT | SHIM_RANGE | SHIM_REUSEADDR;
+}
+
+const PHASE_BITS: u64 = 0b111;
+
+/// The options the shim manages, for [`State::program_set`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Managed {
+    NoPort,
+    ReuseAddr,
+}
+
+/// Phase and facts of one socket (0 = a socket the shim knows nothing of: `Fresh`, no facts).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct State(u64);
+
+impl State {
+    pub const fn from_word(w: u64) -> State {
+        State(w)
+    }
+
+    pub fn phase(self) -> Phase {
+        match self.0 & PHASE_BITS {
+            1 => Phase::DeferredBind,
+            2 => Phase::Settled,
+            3 => Phase::Placed(Port::Owned),
+            4 => Phase::Placed(Port::Shared),
+            5 => Phase::Disconnected,
+            _ => Phase::Fresh,
+        }
+    }
+
+    fn with_phase(self, p: Phase) -> State {
+        let code = match p {
+            Phase::Fresh => 0,
+            Phase::DeferredBind => 1,
+            Phase::Settled => 2,
+            Phase::Placed(Port::Owned) => 3,
+            Phase::Placed(Port::Shared) => 4,
+            Phase::Disconnected => 5,
+        };
+        State(self.0 & !PHASE_BITS | code)
+    }
+
+    pub fn has(self, f: u64) -> bool {
+        self.0 & f != 0
+    }
+
+    fn plus(self, f: u64) -> State {
+        State(self.0 | f)
+    }
+
+    // ---- queries ----
+
+    /// Bound inside a slice by the shim (a disconnected shared socket still holds its port).
+    pub fn placed(self) -> bool {
+        matches!(self.phase(), Phase::Placed(_) | Phase::Disconnected)
+    }
+
+    /// Sends that name an address need no look (placed and connected, or left alone).
+    pub fn sends_settled(self) -> bool {
+        matches!(self.phase(), Phase::Placed(_) | Phase::Settled)
+    }
+
+    pub fn deferred(self) -> bool {
+        self.phase() == Phase::DeferredBind
+    }
+
+    /// Bound as far as the program knows (a second bind gets EINVAL).
+    pub fn bound_for_program(self) -> bool {
+        self.deferred() || self.placed()
+    }
+
+    /// Its port is shared with other peers' sockets.
+    pub fn shared_port(self) -> bool {
+        matches!(self.phase(), Phase::Placed(Port::Shared) | Phase::Disconnected)
+    }
+
+    pub fn disconnected(self) -> bool {
+        self.phase() == Phase::Disconnected
+    }
+
+    /// Created here and never bound by the program: a port it holds is the kernel's automatic one.
+    pub fn never_bound_by_program(self) -> bool {
+        self.has(fact::CREATED_HERE) && !self.has(fact::PROG_BOUND)
+    }
+
+    /// The program's own value of a managed option the shim changed (`None`: unchanged, the
+    /// kernel's answer is the program's).
+    pub fn program_value(self, m: Managed) -> Option<bool> {
+        let (shim, prog) = match m {
+            Managed::NoPort => (fact::SHIM_NO_PORT, fact::PROG_NO_PORT),
+            Managed::ReuseAddr => (fact::SHIM_REUSEADDR, fact::PROG_REUSEADDR),
+        };
+        self.has(shim).then(|| self.has(prog))
+    }
+
+    // ---- transitions ----
+
+    /// socket() made a datagram socket in this process.
+    pub fn born_udp(self) -> State {
+        self.plus(fact::CREATED_HERE)
+    }
+
+    /// The program bound the socket to a port of its choosing.
+    pub fn program_bound(self) -> State {
+        self.plus(fact::PROG_BOUND)
+    }
+
+    /// bind(wildcard, 0) withheld: Fresh / Settled → DeferredBind (a bound socket's bind is
+    /// refused before this; it stays as it is).
+    pub fn defer_bind(self) -> State {
+        match self.phase() {
+            Phase::Fresh | Phase::Settled => self.with_phase(Phase::DeferredBind),
+            _ => self,
+        }
+    }
+
+    /// TCP bind(SLICE_IP, 0): only the IP is bound, with IP_BIND_ADDRESS_NO_PORT set on the
+    /// program's behalf (its own value was 0); the port waits as for [`Self::defer_bind`].
+    pub fn defer_slice_bind(self) -> State {
+        State(self.defer_bind().0 & !fact::PROG_NO_PORT | fact::SHIM_NO_PORT)
+    }
+
+    /// A port of the socket's slices taken at bind time (UDP bind(SLICE_IP, 0), or a deferred
+    /// bind(SLICE_IP, 0) carried out): → Placed{Owned}.
+    pub fn bound_in_slice(self) -> State {
+        self.with_phase(Phase::Placed(Port::Owned))
+    }
+
+    /// A deferred bind(SLICE_IP, 0) could not get a port (the slices are full): DeferredBind →
+    /// Fresh (the socket holds the IP, no port).
+    pub fn deferred_bind_failed(self) -> State {
+        match self.phase() {
+            Phase::DeferredBind => self.with_phase(Phase::Fresh),
+            _ => self,
+        }
+    }
+
+    /// A deferred bind(wildcard, 0) was carried out: the kernel chose the port (not the program).
+    pub fn bound_by_kernel(self) -> State {
+        self.deferred_bind_failed().plus(fact::NOT_PROGRAMS)
+    }
+
+    /// The send path left the socket alone: Fresh → Settled (a placed or deferred socket keeps
+    /// its phase: placed already counts as settled; a deferred one is looked at again).
+    pub fn settle(self) -> State {
+        match self.phase() {
+            Phase::Fresh => self.with_phase(Phase::Settled),
+            _ => self,
+        }
+    }
+
+    /// A placement succeeded: → Placed{port} from any phase (a swap keeps the entry of the
+    /// socket it replaced; a disconnected socket is connected again). Its address is the shim's.
+    pub fn placed_at(self, port: Port) -> State {
+        self.with_phase(Phase::Placed(port)).plus(fact::NOT_PROGRAMS)
+    }
+
+    /// A placement failed or found no free port: the socket may hold an address of ours (not a
+    /// pin), a deferred bind is gone (DeferredBind → Fresh); a placed socket keeps its phase.
+    pub fn attempt_failed(self) -> State {
+        self.deferred_bind_failed().plus(fact::NOT_PROGRAMS)
+    }
+
+    /// connect(AF_UNSPEC) on a socket on a shared port: → Disconnected.
+    pub fn disconnect_shared(self) -> State {
+        if self.shared_port() {
+            self.with_phase(Phase::Disconnected)
+        } else {
+            self
+        }
+    }
+
+    /// connect(AF_UNSPEC) on a placed TCP socket with its own port: the kernel released the port
+    /// it chose, so the next connect is placed again: Placed{Owned} → Fresh.
+    pub fn disconnect_owned(self) -> State {
+        match self.phase() {
+            Phase::Placed(Port::Owned) => self.with_phase(Phase::Fresh),
+            _ => self,
+        }
+    }
+
+    /// The shim changed these options (`fact::SHIM_*`) on the socket.
+    pub fn shim_set(self, opts: u64) -> State {
+        self.plus(opts & fact::SHIM_OPTS)
+    }
+
+    /// The shim put the program's own IP_BIND_ADDRESS_NO_PORT and IP_LOCAL_PORT_RANGE back.
+    pub fn options_restored(self) -> State {
+        State(self.0 & !(fact::SHIM_NO_PORT | fact::SHIM_RANGE))
+    }
+
+    /// The program set a managed option to `on`.
+    pub fn program_set(self, m: Managed, on: bool) -> State {
+        let b = match m {
+            Managed::NoPort => fact::PROG_NO_PORT,
+            Managed::ReuseAddr => fact::PROG_REUSEADDR,
+        };
+        State(if on { self.0 | b } else { self.0 & !b })
+    }
+}
+
+/// The state recorded for socket `ino` at `fd` (`State::default()` if none, or stale).
+pub fn of(fd: c_int, ino: u64) -> State {
+    State(crate::fdtable::word(fd, ino))
+}
+
+/// Apply transition `t` to socket `ino` at `fd` (a stale entry is reset first).
+pub fn go(fd: c_int, ino: u64, t: impl Fn(State) -> State) {
+    crate::fdtable::modify(fd, ino, |w| {
+        let next = t(State(w));
+        if next.0 & fact::SHIM_OPTS & !w != 0 && !SHIM_CHANGED.load(Relaxed) {
+            SHIM_CHANGED.store(true, Relaxed);
+        }
+        next.0
+    });
+}
+
+use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
+static SHIM_CHANGED: AtomicBool = AtomicBool::new(false);
+
+/// Has the shim changed a managed option (SO_REUSEADDR, IP_BIND_ADDRESS_NO_PORT,
+/// IP_LOCAL_PORT_RANGE) on any socket of this process? Until it has, getsockopt of those options
+/// needs no look-up at all (one atomic load).
+#[cfg_attr(test, allow(dead_code))]
+pub fn shim_changed_any() -> bool {
+    SHIM_CHANGED.load(Relaxed)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use Phase::*;
+
+    const ALL: [Phase; 6] =
+        [Fresh, DeferredBind, Settled, Placed(Port::Owned), Placed(Port::Shared), Disconnected];
+    /// Every phase, bare and with every fact set.
+    fn all() -> impl Iterator<Item = State> {
+        ALL.into_iter()
+            .flat_map(|p| [State(0).with_phase(p), State(!PHASE_BITS & ((1 << 11) - 1)).with_phase(p)])
+    }
+
+    /// `t` maps each phase as `expect` says and never touches facts outside `facts_set` /
+    /// `facts_cleared`.
+    fn check(t: fn(State) -> State, expect: fn(Phase) -> Phase, set: u64, cleared: u64) {
+        for s in all() {
+            let n = t(s);
+            assert_eq!(n.phase(), expect(s.phase()), "{s:?}");
+            assert_eq!(n.0 & !PHASE_BITS, (s.0 & !PHASE_BITS | set) & !cleared, "facts of {s:?}");
+        }
+    }
+
+    #[test]
+    fn phases_round_trip_through_the_word() {
+        for p in ALL {
+            assert_eq!(State(fact::NOT_PROGRAMS).with_phase(p).phase(), p);
+        }
+        assert_eq!(State::default().phase(), Fresh, "an unknown socket is fresh");
+    }
+
+    #[test]
+    fn born_udp_and_program_bound_only_add_facts() {
+        check(State::born_udp, |p| p, fact::CREATED_HERE, 0);
+        check(State::program_bound, |p| p, fact::PROG_BOUND, 0);
+        let s = State::default().born_udp();
+        assert!(s.never_bound_by_program());
+        assert!(!s.program_bound().never_bound_by_program());
+    }
+
+    #[test]
+    fn defer_bind_from_fresh_or_settled() {
+        check(State::defer_bind, |p| if matches!(p, Fresh | Settled) { DeferredBind } else { p }, 0, 0);
+        assert!(State::default().defer_bind().bound_for_program());
+    }
+
+    #[test]
+    fn defer_slice_bind_sets_no_port_for_the_program() {
+        check(
+            State::defer_slice_bind,
+            |p| if matches!(p, Fresh | Settled) { DeferredBind } else { p },
+            fact::SHIM_NO_PORT,
+            fact::PROG_NO_PORT,
+        );
+        assert_eq!(State::default().defer_slice_bind().program_value(Managed::NoPort), Some(false));
+    }
+
+    #[test]
+    fn bound_in_slice_is_placed_owned() {
+        check(State::bound_in_slice, |_| Placed(Port::Owned), 0, 0);
+    }
+
+    #[test]
+    fn deferred_bind_failed_back_to_fresh() {
+        check(State::deferred_bind_failed, |p| if p == DeferredBind { Fresh } else { p }, 0, 0);
+    }
+
+    #[test]
+    fn bound_by_kernel_is_not_the_programs() {
+        check(State::bound_by_kernel, |p| if p == DeferredBind { Fresh } else { p }, fact::NOT_PROGRAMS, 0);
+    }
+
+    #[test]
+    fn settle_only_from_fresh() {
+        check(State::settle, |p| if p == Fresh { Settled } else { p }, 0, 0);
+        assert!(State::default().settle().sends_settled());
+        assert!(!State::default().defer_bind().settle().sends_settled());
+    }
+
+    #[test]
+    fn placed_at_from_anywhere() {
+        check(|s| s.placed_at(Port::Owned), |_| Placed(Port::Owned), fact::NOT_PROGRAMS, 0);
+        check(|s| s.placed_at(Port::Shared), |_| Placed(Port::Shared), fact::NOT_PROGRAMS, 0);
+        let s = State::default().placed_at(Port::Shared);
+        assert!(s.placed() && s.shared_port() && s.sends_settled() && s.bound_for_program());
+        // Re-placed with an owned port after a shared one: no longer shared.
+        assert!(!s.disconnect_shared().placed_at(Port::Owned).shared_port());
+    }
+
+    #[test]
+    fn attempt_failed_drops_a_deferred_bind() {
+        check(State::attempt_failed, |p| if p == DeferredBind { Fresh } else { p }, fact::NOT_PROGRAMS, 0);
+    }
+
+    #[test]
+    fn disconnect_shared_only_from_a_shared_port() {
+        check(
+            State::disconnect_shared,
+            |p| if matches!(p, Placed(Port::Shared) | Disconnected) { Disconnected } else { p },
+            0,
+            0,
+        );
+        let d = State::default().placed_at(Port::Shared).disconnect_shared();
+        assert!(d.placed() && d.disconnected() && !d.sends_settled());
+    }
+
+    #[test]
+    fn disconnect_owned_back_to_fresh() {
+        check(State::disconnect_owned, |p| if p == Placed(Port::Owned) { Fresh } else { p }, 0, 0);
+    }
+
+    #[test]
+    fn option_transitions() {
+        check(|s| s.shim_set(fact::SHIM_OPTS | fact::PROG_BOUND), |p| p, fact::SHIM_OPTS, 0);
+        check(State::options_restored, |p| p, 0, fact::SHIM_NO_PORT | fact::SHIM_RANGE);
+        check(|s| s.program_set(Managed::NoPort, true), |p| p, fact::PROG_NO_PORT, 0);
+        check(|s| s.program_set(Managed::NoPort, false), |p| p, 0, fact::PROG_NO_PORT);
+        check(|s| s.program_set(Managed::ReuseAddr, true), |p| p, fact::PROG_REUSEADDR, 0);
+        check(|s| s.program_set(Managed::ReuseAddr, false), |p| p, 0, fact::PROG_REUSEADDR);
+        let s = State::default().program_set(Managed::ReuseAddr, true);
+        assert_eq!(s.program_value(Managed::ReuseAddr), None, "not changed by the shim");
+        assert_eq!(s.shim_set(fact::SHIM_REUSEADDR).program_value(Managed::ReuseAddr), Some(true));
+    }
+
+    #[test]
+    fn go_stores_per_socket_and_notes_shim_changes() {
+        go(6001, 99, State::defer_bind);
+        assert!(of(6001, 99).deferred());
+        assert_eq!(of(6001, 98), State::default(), "another socket's entry reads as unknown");
+        go(6001, 99, |s| s.shim_set(fact::SHIM_RANGE));
+        assert!(shim_changed_any());
+        go(6001, 99, |s| s.placed_at(Port::Owned));
+        assert_eq!(of(6001, 99).phase(), Placed(Port::Owned));
+        assert!(of(6001, 99).has(fact::SHIM_RANGE));
+    }
+}
