@@ -20,6 +20,7 @@ fn main() {
         !forced && Command::new(&clang).arg("--version").output().is_ok_and(|o| o.status.success());
     if have_clang {
         let st = Command::new(&clang)
+            .current_dir(src.parent().unwrap_or(Path::new(".")))
             .args(clang_args(src, &out))
             .status()
             .unwrap_or_else(|e| panic!("{clang}: {e}"));
@@ -44,6 +45,9 @@ fn main() {
 
 /// The one clang command line; README and `bpf/rebuild.sh` use the same flags.
 fn clang_args(src: &Path, out: &Path) -> Vec<String> {
+    // Run in the source's directory, as bpf/rebuild.sh does: the object then names no path of
+    // this checkout (BTF keeps the file name as given; DWARF's directory is mapped to `bpf`).
+    let dir = std::env::current_dir().unwrap_or_default().join(src.parent().unwrap_or(Path::new(".")));
     let arch = std::env::var("CARGO_CFG_TARGET_ARCH").unwrap_or_default();
     let multiarch = match arch.as_str() {
         "x86_64" => "x86_64-linux-gnu",
@@ -57,9 +61,11 @@ fn clang_args(src: &Path, out: &Path) -> Vec<String> {
         "bpf".into(),
         "-Wall".into(),
         "-Werror".into(),
+        // Wherever the checkout is, the object built here and the committed one are identical.
+        format!("-fdebug-prefix-map={}=bpf", dir.display()),
         format!("-I/usr/include/{multiarch}"),
         "-c".into(),
-        src.display().to_string(),
+        src.file_name().unwrap_or_default().to_string_lossy().into_owned(),
         "-o".into(),
         out.display().to_string(),
     ]
