@@ -167,12 +167,18 @@ impl Netlink {
     fn get() -> Result<Netlink, DiagError> {
         let me = pid();
         for i in 0..POOL {
-            let v = SLOTS[i].load(Relaxed);
-            if v == 0 || v == FILLING || SLOTS[i].compare_exchange(v, 0, Acquire, Relaxed).is_err() {
+            let v = SLOTS[i].load(Acquire);
+            if v == 0 || v == FILLING {
+                continue;
+            }
+            // The identity words before the slot is emptied: once it is 0, a thread putting its
+            // socket back may overwrite them, and this socket would then fail its check below
+            // and be neither used nor closed (a leaked descriptor).
+            let id = (DEVS[i].load(Relaxed), INOS[i].load(Relaxed));
+            if SLOTS[i].compare_exchange(v, 0, Acquire, Relaxed).is_err() {
                 continue;
             }
             let (owner, fd) = ((v >> 32) as i32, (v as u32 as c_int) - 1);
-            let id = (DEVS[i].load(Relaxed), INOS[i].load(Relaxed));
             if identity(fd) != Some(id) {
                 continue; // the program closed or reused the number: it is not ours any more
             }
