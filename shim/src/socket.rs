@@ -150,6 +150,12 @@ impl State {
         self.has(fact::CREATED_HERE) && !self.has(fact::PROG_BOUND)
     }
 
+    /// The protocol the socket was born with, if socket() in this process recorded it (datagram
+    /// AF_INET/AF_INET6 sockets of protocol 0 or IPPROTO_UDP: see `fact::CREATED_HERE`).
+    pub fn born_proto(self) -> Option<crate::scope::Proto> {
+        self.has(fact::CREATED_HERE).then_some(crate::scope::Proto::Udp)
+    }
+
     /// The program's own value of a managed option the shim changed (`None`: unchanged, the
     /// kernel's answer is the program's).
     pub fn program_value(self, m: Managed) -> Option<bool> {
@@ -330,6 +336,8 @@ mod tests {
         check(State::program_bound, |p| p, fact::PROG_BOUND, 0);
         let s = State::default().born_udp();
         assert!(s.never_bound_by_program());
+        assert_eq!(s.born_proto(), Some(crate::scope::Proto::Udp));
+        assert_eq!(State::default().born_proto(), None, "unknown: looked up");
         assert!(!s.program_bound().never_bound_by_program());
     }
 

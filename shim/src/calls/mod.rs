@@ -21,7 +21,16 @@ pub struct Sock {
 impl Sock {
     /// `None` unless `fd` is an AF_INET/AF_INET6 TCP or UDP socket.
     pub fn of(fd: c_int) -> Option<Sock> {
-        let proto = scope::proto(addr::get_int(fd, libc::SOL_SOCKET, libc::SO_PROTOCOL)?)?;
+        Self::known(fd, crate::socket::State::default())
+    }
+
+    /// As [`Sock::of`], for a socket whose recorded state may say what it was born as: a UDP
+    /// socket created by socket() here (`fact::CREATED_HERE`) needs no SO_PROTOCOL look-up.
+    pub fn known(fd: c_int, state: crate::socket::State) -> Option<Sock> {
+        let proto = match state.born_proto() {
+            Some(p) => p,
+            None => scope::proto(addr::get_int(fd, libc::SOL_SOCKET, libc::SO_PROTOCOL)?)?,
+        };
         let (family, local) = addr::local(fd)?;
         matches!(family, libc::AF_INET | libc::AF_INET6).then_some(Sock { family, proto, local })
     }

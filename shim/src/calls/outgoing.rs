@@ -147,11 +147,15 @@ fn outgoing(fd: c_int, dst: SocketAddr, call: Call, nested: bool) -> Next {
         }
         _ => return Next::Pass,
     };
-    let Some(sock) = Sock::of(fd) else {
+    // One look at the socket: its identity and recorded state first (a UDP socket born here
+    // needs no protocol look-up), then its address.
+    let ino = fdtable::ino(fd);
+    let state = ino.map_or_else(State::default, |ino| socket::of(fd, ino));
+    let (Some(ino), Some(sock)) = (ino, ino.and_then(|_| Sock::known(fd, state))) else {
         stats::bump(C::passed_through);
         if call == Call::FirstSend {
             // Not ours (raw, ICMP, SCTP...): later sends need not ask again.
-            if let Some(ino) = fdtable::ino(fd) {
+            if let Some(ino) = ino {
                 socket::go(fd, ino, State::settle);
             }
         }
@@ -161,8 +165,6 @@ fn outgoing(fd: c_int, dst: SocketAddr, call: Call, nested: bool) -> Next {
         // The kernel answers with its own errno (EAFNOSUPPORT, EINVAL, ENETUNREACH).
         return Next::Pass;
     }
-    let Some(ino) = fdtable::ino(fd) else { return Next::Pass };
-    let state = socket::of(fd, ino);
     let exhausted = if sock.proto == Proto::Udp { libc::EAGAIN } else { libc::EADDRNOTAVAIL };
     let flow = |v6, pinned| Flow { active, fd, ino, family: sock.family, local: sock.local, v6, pinned, dst };
     if state.placed() {
