@@ -38,7 +38,6 @@ const OWN_PORTS: (u16, u16) = (7000, 7999);
 
 /// Scenarios that show a bug not fixed yet: (scenario, what it shows). Shrink it as fixes land.
 const KNOWN: &[(u32, &str)] = &[
-    (92, "issue 9 case 6 (msghdr): sendmsg/sendmmsg with an unreadable msghdr crash (SIGSEGV) instead of EFAULT: the hook reads msg_name directly (a checked read on every sendmsg would cost ~1.4 µs)"),
     (55, "issue 9 case 7: a deferred bind(0.0.0.0, 0) lives in the parent's memory: an exec'd child sees port 0 until it connects or listens"),
 ];
 

@@ -110,11 +110,26 @@ pub unsafe extern "C-unwind" fn sendto(
     let e0 = errno::get();
     let first = inside(|nested| {
         // SAFETY: parse reads the program's address with the kernel's checks.
-        let dst = || unsafe { crate::sys::addr::parse(addr, len) };
-        outgoing::send(fd, true, dst, flags & libc::MSG_FASTOPEN != 0, nested)
+        let dst = || outgoing::Dest::Named(unsafe { crate::sys::addr::parse(addr, len) });
+        outgoing::send(fd, dst, flags & libc::MSG_FASTOPEN != 0, nested)
     });
     // SAFETY: the program's own arguments, passed on unchanged to the real function.
     unsafe { drive(first, libc::EAGAIN, e0, || real::sendto(fd, buf, n, flags, addr, len)) }
+}
+
+/// The destination a `msghdr` names, read with the kernel's checks (an unreadable header is
+/// EFAULT for the kernel, not a crash here).
+///
+/// # Safety
+/// As [`crate::sys::addr::msg_name`].
+unsafe fn named_dst(msg: *const libc::msghdr) -> outgoing::Dest {
+    // SAFETY: the caller's contract.
+    match unsafe { crate::sys::addr::msg_name(msg) } {
+        None => outgoing::Dest::Unreadable,
+        Some((name, _)) if name.is_null() => outgoing::Dest::Unnamed,
+        // SAFETY: parse reads the address with the kernel's checks.
+        Some((name, len)) => outgoing::Dest::Named(unsafe { crate::sys::addr::parse(name, len) }),
+    }
 }
 
 #[no_mangle]
@@ -125,12 +140,10 @@ pub unsafe extern "C-unwind" fn sendmsg(fd: c_int, msg: *const libc::msghdr, fla
     }
     let e0 = errno::get();
     let first = inside(|nested| {
-        // SAFETY: msg is null or a valid msghdr (the program's sendmsg argument); parse reads the
-        // address with the kernel's checks.
-        let m = unsafe { msg.as_ref() };
-        let named = m.is_some_and(|m| !m.msg_name.is_null());
-        let dst = || m.and_then(|m| unsafe { crate::sys::addr::parse(m.msg_name.cast(), m.msg_namelen) });
-        outgoing::send(fd, named, dst, flags & libc::MSG_FASTOPEN != 0, nested)
+        // SAFETY: msg_name and parse read the program's msghdr and address with the kernel's
+        // checks, and only for a socket not settled yet.
+        let dst = || unsafe { named_dst(msg) };
+        outgoing::send(fd, dst, flags & libc::MSG_FASTOPEN != 0, nested)
     });
     // SAFETY: the program's own arguments, passed on unchanged to the real function.
     unsafe { drive(first, libc::EAGAIN, e0, || real::sendmsg(fd, msg, flags)) }
@@ -149,16 +162,10 @@ pub unsafe extern "C-unwind" fn sendmmsg(
     }
     let e0 = errno::get();
     let first = inside(|nested| {
-        // SAFETY: msgs is null or points to n valid mmsghdr (the program's arguments); parse reads
-        // the address with the kernel's checks.
-        let m = if n == 0 { None } else { unsafe { msgs.as_ref() } };
-        let named = m.is_some_and(|m| !m.msg_hdr.msg_name.is_null());
-        let dst = || {
-            m.and_then(|m| unsafe {
-                crate::sys::addr::parse(m.msg_hdr.msg_name.cast(), m.msg_hdr.msg_namelen)
-            })
-        };
-        outgoing::send(fd, named, dst, false, nested)
+        // SAFETY: as in sendmsg; an mmsghdr starts with its msghdr. With n == 0 the kernel reads
+        // nothing.
+        let dst = || if n == 0 { outgoing::Dest::Unnamed } else { unsafe { named_dst(msgs.cast()) } };
+        outgoing::send(fd, dst, false, nested)
     });
     // SAFETY: the program's own arguments, passed on unchanged to the real function.
     (unsafe { drive(first, libc::EAGAIN, e0, || real::sendmmsg(fd, msgs, n, flags) as isize) }) as c_int

@@ -95,35 +95,44 @@ pub unsafe fn connect(fd: c_int, sa: *const sockaddr, len: socklen_t, nested: bo
 /// not: with MSG_FASTOPEN a TCP send is a connect; the first unconnected send of a UDP socket
 /// places it. `dst` reads the address (one `process_vm_readv`, see `addr::parse`) only when it
 /// matters: not for the sends of a socket already settled.
-pub fn send(
-    fd: c_int,
-    named: bool,
-    dst: impl FnOnce() -> Option<SocketAddr>,
-    fastopen: bool,
-    nested: bool,
-) -> Next {
+pub fn send(fd: c_int, dst: impl FnOnce() -> Dest, fastopen: bool, nested: bool) -> Next {
     let active = match mode() {
         Some(Mode::Active(_)) => true,
         Some(Mode::Deny) => false,
         _ => return Next::Pass,
     };
-    if named {
-        if !fastopen {
-            let settled = fdtable::occupied(fd)
-                && fdtable::ino(fd).is_some_and(|ino| socket::of(fd, ino).sends_settled());
-            if settled {
-                return Next::Pass;
-            }
+    if !fastopen {
+        // Before the destination is read at all: a settled socket's sends pay nothing more (a
+        // settled socket has no deferred bind either).
+        let settled =
+            fdtable::occupied(fd) && fdtable::ino(fd).is_some_and(|ino| socket::of(fd, ino).sends_settled());
+        if settled {
+            return Next::Pass;
         }
-        if let Some(dst) = dst() {
+    }
+    match dst() {
+        // The kernel answers EFAULT; nothing to place or bind for a call that fails.
+        Dest::Unreadable => return Next::Pass,
+        Dest::Named(Some(dst)) => {
             let call = if fastopen { Call::Connect } else { Call::FirstSend };
             return outgoing(fd, dst, call, nested);
         }
+        Dest::Named(None) | Dest::Unnamed => {}
     }
     if active && !nested {
         let _ = super::bind::materialize_if_deferred(fd);
     }
     Next::Pass
+}
+
+/// The destination a send names, as far as the shim could read it.
+pub enum Dest {
+    /// No address (`msg_name` NULL): the socket's peer, if any.
+    Unnamed,
+    /// The `msghdr` itself is unreadable (the kernel answers EFAULT).
+    Unreadable,
+    /// An address; `None` when it is not an Internet address the kernel would take.
+    Named(Option<SocketAddr>),
 }
 
 /// A placement would start while the thread is already inside the shim (a signal handler):

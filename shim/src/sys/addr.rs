@@ -45,6 +45,26 @@ unsafe fn copy_in(addr: *const u8, buf: &mut [u8]) -> bool {
     true
 }
 
+/// The address fields (`msg_name`, `msg_namelen`) of the program's `msghdr`, read the way the
+/// kernel reads the whole header: `None` when it is NULL or not readable (the kernel answers
+/// EFAULT; reading it directly would crash the program).
+///
+/// # Safety
+/// None where `process_vm_readv` works; elsewhere `msg` must be null or a readable `msghdr`.
+pub unsafe fn msg_name(msg: *const libc::msghdr) -> Option<(*const sockaddr, socklen_t)> {
+    if msg.is_null() {
+        return None;
+    }
+    let mut buf = [0u8; size_of::<libc::msghdr>()];
+    // SAFETY: the caller's contract (copy_in checks readability where it can).
+    if !unsafe { copy_in(msg.cast(), &mut buf) } {
+        return None;
+    }
+    // SAFETY: buf holds a byte copy of a msghdr (plain data: pointers and integers).
+    let m: libc::msghdr = unsafe { std::ptr::read_unaligned(buf.as_ptr().cast()) };
+    Some((m.msg_name.cast_const().cast(), m.msg_namelen))
+}
+
 /// Read an AF_INET / AF_INET6 address as the kernel would take it for connect/sendto/bind;
 /// `None` when the kernel would refuse it or it is not an Internet address: NULL, unreadable
 /// memory (EFAULT), shorter than `sockaddr_in` / the 24-byte RFC 2133 `sockaddr_in6` (EINVAL),
@@ -329,6 +349,13 @@ mod tests {
             assert_eq!(parse(p as *const sockaddr, 16), None);
             assert_eq!(family_of(p as *const sockaddr, 16), None);
             assert_eq!(parse(std::ptr::dangling::<sockaddr>(), 28), None);
+            assert!(msg_name(p as *const libc::msghdr).is_none());
+            assert!(msg_name(std::ptr::null()).is_none());
+            let sa = to_raw("192.0.2.1:80".parse().unwrap(), libc::AF_INET);
+            let mut m: libc::msghdr = std::mem::zeroed();
+            m.msg_name = sa.ptr() as *mut c_void;
+            m.msg_namelen = 16;
+            assert_eq!(msg_name(&m), Some((sa.ptr(), 16)));
             assert_eq!(crate::errno::get(), 1234, "errno untouched");
             libc::munmap(p, 4096);
         }
