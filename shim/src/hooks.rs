@@ -122,9 +122,20 @@ pub unsafe extern "C-unwind" fn sendto(
 ///
 /// # Safety
 /// As [`crate::sys::addr::msg_name`].
-unsafe fn named_dst(msg: *const libc::msghdr) -> outgoing::Dest {
-    // SAFETY: the caller's contract.
-    match unsafe { crate::sys::addr::msg_name(msg) } {
+unsafe fn named_dst(fd: c_int, msg: *const libc::msghdr) -> outgoing::Dest {
+    // A socket the shim has a record of (every Internet UDP socket born in this process) gets the
+    // kernel's checks: an unreadable msghdr is the kernel's EFAULT, not a fault. A descriptor with
+    // no record (AF_UNIX, accepted, inherited) is a pass-through path, where a checked read (a
+    // process_vm_readv) on every sendmsg would cost more than the send: its msghdr is read
+    // directly, as before the check existed, and an unreadable one faults here.
+    let name = if crate::fdtable::occupied(fd) {
+        // SAFETY: the caller's contract.
+        unsafe { crate::sys::addr::msg_name(msg) }
+    } else {
+        // SAFETY: msg is null or the program's msghdr (see above for an unreadable one).
+        unsafe { msg.as_ref() }.map(|m| (m.msg_name.cast_const().cast::<sockaddr>(), m.msg_namelen))
+    };
+    match name {
         None => outgoing::Dest::Unreadable,
         Some((name, _)) if name.is_null() => outgoing::Dest::Unnamed,
         // SAFETY: parse reads the address with the kernel's checks.
@@ -140,9 +151,9 @@ pub unsafe extern "C-unwind" fn sendmsg(fd: c_int, msg: *const libc::msghdr, fla
     }
     let e0 = errno::get();
     let first = inside(|nested| {
-        // SAFETY: msg_name and parse read the program's msghdr and address with the kernel's
-        // checks, and only for a socket not settled yet.
-        let dst = || unsafe { named_dst(msg) };
+        // SAFETY: named_dst reads the program's msghdr (checked for a socket the shim knows,
+        // see there) and its address (checked), only for a socket not settled yet.
+        let dst = || unsafe { named_dst(fd, msg) };
         outgoing::send(fd, dst, flags & libc::MSG_FASTOPEN != 0, nested)
     });
     // SAFETY: the program's own arguments, passed on unchanged to the real function.
@@ -164,7 +175,7 @@ pub unsafe extern "C-unwind" fn sendmmsg(
     let first = inside(|nested| {
         // SAFETY: as in sendmsg; an mmsghdr starts with its msghdr. With n == 0 the kernel reads
         // nothing.
-        let dst = || if n == 0 { outgoing::Dest::Unnamed } else { unsafe { named_dst(msgs.cast()) } };
+        let dst = || if n == 0 { outgoing::Dest::Unnamed } else { unsafe { named_dst(fd, msgs.cast()) } };
         outgoing::send(fd, dst, false, nested)
     });
     // SAFETY: the program's own arguments, passed on unchanged to the real function.
