@@ -13,7 +13,7 @@ use std::io;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 
-const SOCK_DIAG_BY_FAMILY: u16 = 20;
+use crate::diag_wire::{ReqV2, Request, SockId, NLMSG_HDRLEN, SOCK_DIAG_BY_FAMILY};
 
 /// TCP states as the kernel numbers them (include/net/tcp_states.h).
 pub mod state {
@@ -74,36 +74,6 @@ pub struct Sock {
     pub inode: u32,
 }
 
-#[repr(C)]
-#[derive(Clone, Copy, Default)]
-struct SockId {
-    sport: u16,
-    dport: u16,
-    src: [u32; 4],
-    dst: [u32; 4],
-    ifindex: u32,
-    cookie: [u32; 2],
-}
-
-#[repr(C)]
-#[derive(Clone, Copy, Default)]
-struct ReqV2 {
-    family: u8,
-    protocol: u8,
-    ext: u8,
-    pad: u8,
-    states: u32,
-    id: SockId,
-}
-
-#[repr(C)]
-#[derive(Clone, Copy)]
-struct Request {
-    nlh: libc::nlmsghdr,
-    req: ReqV2,
-}
-
-const NLMSG_HDRLEN: usize = std::mem::size_of::<libc::nlmsghdr>();
 /// inet_diag_msg: family, state, timer, retrans, id (48 bytes), expires, rqueue, wqueue, uid, inode.
 const DIAG_MSG_LEN: usize = 4 + 48 + 20;
 

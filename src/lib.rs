@@ -10,6 +10,7 @@ pub mod choice;
 pub mod config;
 pub mod conntrack;
 pub mod diag;
+pub mod diag_wire;
 pub mod elf;
 pub mod nft;
 pub mod placement;

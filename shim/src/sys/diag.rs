@@ -34,53 +34,8 @@ use std::sync::atomic::{
     Ordering::{Acquire, Relaxed, Release},
 };
 
-const SOCK_DIAG_BY_FAMILY: u16 = 20;
-const INET_DIAG_NOCOOKIE: u32 = !0;
+use portrange_lib::diag_wire::{DiagMsg, ReqV2, Request, SockId, INET_DIAG_NOCOOKIE, SOCK_DIAG_BY_FAMILY};
 pub const TCP_TIME_WAIT: u8 = 6;
-
-#[repr(C)]
-#[derive(Clone, Copy, Default)]
-struct SockId {
-    sport: u16, // network order
-    dport: u16,
-    src: [u32; 4], // network order
-    dst: [u32; 4],
-    ifindex: u32,
-    cookie: [u32; 2],
-}
-
-#[repr(C)]
-#[derive(Clone, Copy, Default)]
-struct ReqV2 {
-    family: u8,
-    protocol: u8,
-    ext: u8,
-    pad: u8,
-    states: u32,
-    id: SockId,
-}
-
-#[repr(C)]
-#[derive(Clone, Copy)]
-struct Request {
-    nlh: libc::nlmsghdr,
-    req: ReqV2,
-}
-
-#[repr(C)]
-#[derive(Clone, Copy, Default)]
-struct DiagMsg {
-    family: u8,
-    state: u8,
-    timer: u8,
-    retrans: u8,
-    id: SockId,
-    expires: u32,
-    rqueue: u32,
-    wqueue: u32,
-    uid: u32,
-    inode: u32,
-}
 
 /// The socket found for a 4-tuple.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
