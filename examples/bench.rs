@@ -1,6 +1,9 @@
 //! The shim's cost per flow, as ratios measured in one run (machines are noisy; ratios travel).
 //!
-//!     cargo build --release && cargo run --release --example bench [-- --n 2000 --rounds 3]
+//!     cargo run --release --example bench [-- --n 2000 --rounds 3]
+//!
+//! The bench builds the shim itself (`cargo build --release -p portrange -p portrange-shim` into
+//! its own target directory) unless `PORTRANGE_SO` names the library to measure.
 //!
 //! TCP: a native client (this program, re-executed as a child under each configuration) opens N
 //! loopback connections in a row against a listener that accepts and closes; the client reads
@@ -94,13 +97,10 @@ fn main() {
     let rounds = flag("--rounds", 3);
     let so = match std::env::var_os("PORTRANGE_SO") {
         Some(p) => std::path::PathBuf::from(p),
-        None => std::env::current_exe().unwrap().parent().unwrap().parent().unwrap().join("libportrange.so"),
+        None => build_shim(),
     };
     if !so.is_file() {
-        eprintln!(
-            "bench: {} not found: run `cargo build --release` first (or set PORTRANGE_SO)",
-            so.display()
-        );
+        eprintln!("bench: {} not found (PORTRANGE_SO)", so.display());
         std::process::exit(2);
     }
     if args.iter().any(|a| a == "--cgroup-only") {
@@ -477,5 +477,38 @@ fn set_linger0(fd: i32) {
             &linger as *const _ as *const libc::c_void,
             std::mem::size_of::<libc::linger>() as libc::socklen_t,
         );
+    }
+}
+
+/// Builds the shim this bench measures (and the `portrange` launcher the cgroup row runs), into the target directory the bench itself runs from,
+/// and returns its path. `cargo build --workspace --examples` does not rebuild the cdylib, so
+/// loading `release/libportrange.so` as found measured a stale library more than once; cargo
+/// decides here whether it is up to date.
+fn build_shim() -> std::path::PathBuf {
+    // <target>/release/examples/bench → <target>/release
+    let exe = std::env::current_exe().expect("current_exe");
+    let release = exe.parent().and_then(|d| d.parent()).expect("bench runs from <target>/release/examples");
+    let target = release.parent().expect("<target>/release has a parent");
+    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| env!("CARGO").into());
+    eprintln!(
+        "bench: cargo build --release -p portrange -p portrange-shim --target-dir {}",
+        target.display()
+    );
+    let status = Command::new(&cargo)
+        .args(["build", "--release", "-p", "portrange", "-p", "portrange-shim", "--target-dir"])
+        .arg(target)
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .stdin(Stdio::null())
+        .status();
+    match status {
+        Ok(s) if s.success() => release.join("libportrange.so"),
+        Ok(s) => {
+            eprintln!("bench: building the shim failed ({s}); set PORTRANGE_SO to measure a given library");
+            std::process::exit(2);
+        }
+        Err(e) => {
+            eprintln!("bench: cannot run {cargo:?} ({e}); set PORTRANGE_SO to measure a given library");
+            std::process::exit(2);
+        }
     }
 }
