@@ -15,12 +15,9 @@
 //! 4. A flow refused for a full slice is logged at warn, once per destination.
 
 use cdylib_tests::*;
-use std::fs::File;
 use std::io::{BufRead, BufReader, Write};
 use std::net::SocketAddr;
-use std::os::fd::AsRawFd;
 use std::process::{Child, ChildStdin, Command, Stdio};
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
@@ -37,48 +34,26 @@ const HI: u16 = 40009;
 const SERVER_PY: &str = include_str!("churn/server.py");
 const CLIENT_PY: &str = include_str!("churn/client.py");
 
-/// Two private network namespaces joined by a veth pair, deleted on drop.
-struct Pair {
-    client: String,
-    server: String,
+/// Client and server namespaces over a veth (the harness's [`VethPair`], deleted on drop).
+struct Pair(VethPair);
+
+impl std::ops::Deref for Pair {
+    type Target = VethPair;
+    fn deref(&self) -> &VethPair {
+        &self.0
+    }
 }
 
 impl Pair {
     fn new(client_sysctls: &[(&str, &str)]) -> Pair {
-        static N: AtomicUsize = AtomicUsize::new(0);
-        let tag = format!("{}-{}", std::process::id(), N.fetch_add(1, Ordering::SeqCst));
-        let pair = Pair { client: format!("chc-{tag}"), server: format!("chs-{tag}") };
-        let (c, s) = (pair.client.as_str(), pair.server.as_str());
-        sh(&["ip", "netns", "add", c]);
-        sh(&["ip", "netns", "add", s]);
-        sh(&["ip", "-n", c, "link", "add", "vc", "type", "veth", "peer", "name", "vs", "netns", s]);
-        sh(&["ip", "-n", c, "addr", "add", &format!("{CLIENT_IP}/24"), "dev", "vc"]);
-        sh(&["ip", "-n", s, "addr", "add", &format!("{SERVER_IP}/24"), "dev", "vs"]);
-        for (ns, dev) in [(c, "vc"), (s, "vs")] {
-            sh(&["ip", "-n", ns, "link", "set", "lo", "up"]);
-            sh(&["ip", "-n", ns, "link", "set", dev, "up"]);
-        }
-        sh(&["ip", "-n", c, "route", "add", "203.0.113.0/24", "dev", "vc"]);
-        sh(&["ip", "-n", s, "route", "add", "198.51.100.0/24", "dev", "vs"]);
+        let pair = VethPair::new("ch", &[&format!("{CLIENT_IP}/24")], &[&format!("{SERVER_IP}/24")]);
+        pair.client_route("203.0.113.0/24").server_route("198.51.100.0/24");
         // A stray RST must not kill a client TIME_WAIT (retry.rs measured ~3% of fresh pairs).
-        let mut sysctls = vec![("net.ipv4.tcp_rfc1337", "1")];
-        sysctls.extend_from_slice(client_sysctls);
-        for (k, v) in sysctls {
-            sh(&["ip", "netns", "exec", c, "sysctl", "-q", "-w", &format!("{k}={v}")]);
+        pair.client_sysctl("net.ipv4.tcp_rfc1337", "1");
+        for (k, v) in client_sysctls {
+            pair.client_sysctl(k, v);
         }
-        pair
-    }
-
-    /// Run `f` on a thread inside the client namespace (and so are the processes it spawns).
-    fn in_client<T: Send + 'static>(&self, f: impl FnOnce() -> T + Send + 'static) -> T {
-        let path = format!("/run/netns/{}", self.client);
-        let h = thread::spawn(move || {
-            let ns = File::open(&path).unwrap_or_else(|e| panic!("open {path}: {e}"));
-            // SAFETY: setns on a namespace fd we own; affects only this thread.
-            assert_eq!(unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) }, 0, "setns {path}");
-            f()
-        });
-        h.join().unwrap_or_else(|p| std::panic::resume_unwind(p))
+        Pair(pair)
     }
 
     /// client.py under the shim, in the client namespace.
@@ -91,14 +66,6 @@ impl Pair {
             run = run.env(k, v);
         }
         self.in_client(move || run.run())
-    }
-}
-
-impl Drop for Pair {
-    fn drop(&mut self) {
-        for ns in [&self.client, &self.server] {
-            let _ = Command::new("ip").args(["netns", "del", ns]).stdin(Stdio::null()).output();
-        }
     }
 }
 

@@ -14,10 +14,8 @@
 
 use cdylib_tests::*;
 use portrange::reserve::{Proto as ReserveProto, Reservation};
-use std::fs::File;
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
-use std::os::fd::AsRawFd;
 use std::os::unix::process::CommandExt;
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -46,27 +44,6 @@ fn spec() -> String {
 // ---------------------------------------------------------------------------------------------
 // Namespaces
 // ---------------------------------------------------------------------------------------------
-
-/// Run `f` on a thread that entered the named network namespace (and so do the processes it
-/// spawns).
-fn in_netns<T: Send + 'static>(name: &str, f: impl FnOnce() -> T + Send + 'static) -> T {
-    let path = format!("/run/netns/{name}");
-    let h = thread::Builder::new()
-        .name(format!("netns-{name}"))
-        .spawn(move || {
-            let ns = File::open(&path).unwrap_or_else(|e| panic!("open {path}: {e}"));
-            // SAFETY: setns on a namespace fd we own; affects only this thread.
-            if unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
-                panic!("setns({path}): {}", std::io::Error::last_os_error());
-            }
-            f()
-        })
-        .expect("spawn netns thread");
-    match h.join() {
-        Ok(v) => v,
-        Err(p) => std::panic::resume_unwind(p),
-    }
-}
 
 /// The three namespaces, deleted on drop.
 struct Topology {

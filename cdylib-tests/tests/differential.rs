@@ -12,7 +12,7 @@
 //! differences do not fail the suite, and a listed scenario that shows no difference fails it
 //! (so the list only shrinks).
 
-use cdylib_tests::{require_programs, sh, so_path, workspace_root, TempDir};
+use cdylib_tests::{require_programs, so_path, workspace_root, TempDir, VethPair};
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs::File;
 use std::io::{ErrorKind, Read, Write};
@@ -20,7 +20,7 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpListener, TcpStream, U
 use std::os::fd::AsRawFd;
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{mpsc, Arc};
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
@@ -101,43 +101,16 @@ fn allowed_differences() -> Vec<Allowed> {
 // Namespaces
 // ---------------------------------------------------------------------------------------------
 
-/// Client and server namespaces joined by a veth pair (vc / vs), deleted on drop.
-struct Topology {
-    client: String,
-    server: String,
-}
-
-impl Topology {
-    fn new() -> Topology {
-        static N: AtomicUsize = AtomicUsize::new(0);
-        let tag = format!("{}-{}", std::process::id(), N.fetch_add(1, Ordering::SeqCst));
-        let t = Topology { client: format!("pdfc-{tag}"), server: format!("pdfs-{tag}") };
-        let (c, s) = (t.client.as_str(), t.server.as_str());
-        sh(&["ip", "netns", "add", c]);
-        sh(&["ip", "netns", "add", s]);
-        sh(&["ip", "-n", c, "link", "add", "vc", "type", "veth", "peer", "name", "vs", "netns", s]);
-        sh(&["ip", "-n", c, "addr", "add", &format!("{CLIENT4}/24"), "dev", "vc"]);
-        sh(&["ip", "-n", c, "addr", "add", &format!("{CLIENT6}/64"), "dev", "vc", "nodad"]);
-        sh(&["ip", "-n", s, "addr", "add", &format!("{SERVER4}/24"), "dev", "vs"]);
-        sh(&["ip", "-n", s, "addr", "add", &format!("{SERVER6}/64"), "dev", "vs", "nodad"]);
-        for (ns, dev) in [(c, "vc"), (s, "vs")] {
-            sh(&["ip", "-n", ns, "link", "set", "lo", "up"]);
-            sh(&["ip", "-n", ns, "link", "set", dev, "up"]);
-        }
-        sh(&["ip", "-n", c, "route", "add", "203.0.113.0/24", "dev", "vc"]);
-        sh(&["ip", "-n", c, "-6", "route", "add", "2001:db8:b::/64", "dev", "vc"]);
-        sh(&["ip", "-n", s, "route", "add", "198.51.100.0/24", "dev", "vs"]);
-        sh(&["ip", "-n", s, "-6", "route", "add", "2001:db8:a::/64", "dev", "vs"]);
-        t
-    }
-}
-
-impl Drop for Topology {
-    fn drop(&mut self) {
-        for ns in [&self.client, &self.server] {
-            let _ = Command::new("ip").args(["netns", "del", ns]).stdin(Stdio::null()).output();
-        }
-    }
+/// Client and server namespaces over a veth (vc / vs), IPv4 and IPv6, deleted on drop.
+fn topology() -> VethPair {
+    let t = VethPair::new(
+        "pdf",
+        &[&format!("{CLIENT4}/24"), &format!("{CLIENT6}/64")],
+        &[&format!("{SERVER4}/24"), &format!("{SERVER6}/64")],
+    );
+    t.client_route("203.0.113.0/24").client_route("2001:db8:b::/64");
+    t.server_route("198.51.100.0/24").server_route("2001:db8:a::/64");
+    t
 }
 
 fn enter(name: &str) {
@@ -402,7 +375,7 @@ struct RunResult {
 }
 
 fn run_probe(built: &Built, strategy: Option<&str>) -> RunResult {
-    let topo = Topology::new();
+    let topo = topology();
     let stop = Arc::new(AtomicBool::new(false));
     let (tx, rx) = mpsc::channel();
     let count = built.count;

@@ -14,7 +14,7 @@ use std::os::fd::AsRawFd;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
@@ -647,65 +647,16 @@ const CLIENT_IP: &str = "198.51.100.10";
 const SERVER_IP: &str = "198.51.100.20";
 const SERVER_PORT: u16 = 8080;
 
-/// Two named network namespaces joined by a veth pair (client CLIENT_IP/24, server
-/// SERVER_IP/24), deleted on drop.
-struct NetnsPair {
-    client: String,
-    server: String,
-}
-
-impl NetnsPair {
-    fn new() -> NetnsPair {
-        static N: AtomicUsize = AtomicUsize::new(0);
-        let tag = format!("{}-{}", std::process::id(), N.fetch_add(1, Ordering::SeqCst));
-        let pair = NetnsPair { client: format!("prtc-{tag}"), server: format!("prts-{tag}") };
-        let (c, s) = (pair.client.as_str(), pair.server.as_str());
-        sh(&["ip", "netns", "add", c]);
-        sh(&["ip", "netns", "add", s]);
-        sh(&["ip", "-n", c, "link", "add", "vc", "type", "veth", "peer", "name", "vs", "netns", s]);
-        sh(&["ip", "-n", c, "addr", "add", &format!("{CLIENT_IP}/24"), "dev", "vc"]);
-        sh(&["ip", "-n", s, "addr", "add", &format!("{SERVER_IP}/24"), "dev", "vs"]);
-        for (ns, dev) in [(c, "vc"), (s, "vs")] {
-            sh(&["ip", "-n", ns, "link", "set", "lo", "up"]);
-            sh(&["ip", "-n", ns, "link", "set", dev, "up"]);
-        }
-        // A TIME_WAIT dies when an RST reaches it (unless tcp_rfc1337=1). Measured here, with
-        // and without the shim (plain python, explicit binds): in ~3% of fresh namespace pairs
-        // the server sent one RST (server TcpOutRsts 1, client TcpOutSegs one more than 4 per
-        // connection) and one of the 10 client TIME_WAITs vanished (TWKilled 0, TWRecycled 0).
-        // With tcp_rfc1337=1 in the client namespace: 0 of 80 runs.
-        sh(&["ip", "netns", "exec", c, "sysctl", "-q", "-w", "net.ipv4.tcp_rfc1337=1"]);
-        pair
-    }
-}
-
-impl Drop for NetnsPair {
-    fn drop(&mut self) {
-        for ns in [&self.client, &self.server] {
-            let _ = Command::new("ip").args(["netns", "del", ns]).stdin(Stdio::null()).output();
-        }
-    }
-}
-
-/// Run `f` on a thread that entered the named network namespace (and so do the processes it
-/// spawns).
-fn in_netns<T: Send + 'static>(name: &str, f: impl FnOnce() -> T + Send + 'static) -> T {
-    let path = format!("/run/netns/{name}");
-    let h = thread::Builder::new()
-        .name(format!("netns-{name}"))
-        .spawn(move || {
-            let ns = File::open(&path).unwrap_or_else(|e| panic!("open {path}: {e}"));
-            // SAFETY: setns on a namespace fd we own; affects only this thread.
-            if unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
-                panic!("setns({path}): {}", std::io::Error::last_os_error());
-            }
-            f()
-        })
-        .expect("spawn netns thread");
-    match h.join() {
-        Ok(v) => v,
-        Err(p) => std::panic::resume_unwind(p),
-    }
+/// Client (CLIENT_IP/24) and server (SERVER_IP/24) namespaces over a veth, deleted on drop.
+fn netns_pair() -> VethPair {
+    let pair = VethPair::new("prt", &[&format!("{CLIENT_IP}/24")], &[&format!("{SERVER_IP}/24")]);
+    // A TIME_WAIT dies when an RST reaches it (unless tcp_rfc1337=1). Measured here, with
+    // and without the shim (plain python, explicit binds): in ~3% of fresh namespace pairs
+    // the server sent one RST (server TcpOutRsts 1, client TcpOutSegs one more than 4 per
+    // connection) and one of the 10 client TIME_WAITs vanished (TWKilled 0, TWRecycled 0).
+    // With tcp_rfc1337=1 in the client namespace: 0 of 80 runs.
+    pair.client_sysctl("net.ipv4.tcp_rfc1337", "1");
+    pair
 }
 
 /// A python listener (in the server namespace) that prints `peer IP PORT` for each connection,
@@ -864,7 +815,7 @@ for i in range(10):
 fn time_wait_tuples_are_reused_by_retry_not_by_kernel() {
     require_netns!();
     require!("ip");
-    let pair = NetnsPair::new();
+    let pair = netns_pair();
     let server = NsServer::start(&pair.server);
     let mut expected_peers = 0;
     for strategy in ["retry", "auto", "kernel"] {
