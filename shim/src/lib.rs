@@ -159,6 +159,8 @@ fn run_init() {
     unsafe { pthread_setcancelstate(PTHREAD_CANCEL_DISABLE, &mut cancel) };
     // Every real symbol first: no hook resolves one later (a signal handler must not dlsym).
     real::resolve_all();
+    // The pid page (sys::pid) before any hooked call can ask for the pid.
+    sys::pid::init();
     // SAFETY: getpid has no preconditions.
     PID.store(unsafe { libc::getpid() }, Relaxed);
     let mode = std::panic::catch_unwind(build_mode).unwrap_or(Mode::Inactive);

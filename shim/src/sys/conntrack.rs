@@ -257,8 +257,7 @@ fn close_raw(fd: c_int) {
 }
 
 fn pid() -> i32 {
-    // SAFETY: getpid has no preconditions.
-    unsafe { libc::getpid() }
+    crate::sys::pid::get()
 }
 
 /// A NETLINK_NETFILTER socket for one request, given back to the slot on drop if the request

@@ -106,8 +106,7 @@ static DEVS: [AtomicU64; POOL] = [const { AtomicU64::new(0) }; POOL];
 static INOS: [AtomicU64; POOL] = [const { AtomicU64::new(0) }; POOL];
 
 fn pid() -> i32 {
-    // SAFETY: getpid has no preconditions.
-    unsafe { libc::getpid() }
+    crate::sys::pid::get()
 }
 
 /// A NETLINK_SOCK_DIAG socket for one look-up, taken from the pool (or opened), and given back

@@ -5,5 +5,6 @@ pub mod diag;
 pub mod holder;
 pub mod options;
 pub mod ownfd;
+pub mod pid;
 pub mod swap;
 pub use portrange_lib::sysctl;
