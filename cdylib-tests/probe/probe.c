@@ -26,6 +26,7 @@
 #include <poll.h>
 #include <pthread.h>
 #include <signal.h>
+#include <spawn.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -34,6 +35,7 @@
 #include <sys/ioctl.h>
 #include <sys/mman.h>
 #include <sys/socket.h>
+#include <sys/syscall.h>
 #include <sys/un.h>
 #include <sys/wait.h>
 #include <time.h>
@@ -969,6 +971,143 @@ static void exec_continue(int fd) {
     echo(fd);
 }
 
+/* Wait for a child started by posix_spawn / vfork and print how it ended. */
+static void waited(pid_t pid) {
+    int st = 0;
+    waitpid(pid, &st, 0);
+    say("exec child exit = %d", WIFEXITED(st) ? WEXITSTATUS(st) : 128 + WTERMSIG(st));
+}
+
+static void s_vfork_execlp(void) {
+    /* issue 9 case 7 through vfork (the child shares this process's memory) and a variadic exec
+     * whose arguments go past the six argument registers (on the stack) */
+    int fd = tcp(AF_INET);
+    bind4(fd, "0.0.0.0", 0);
+    char n[16], f[16];
+    snprintf(n, sizeof n, "%d", cur);
+    snprintf(f, sizeof f, "%d", fd);
+    pid_t pid = vfork();
+    if (pid == 0) {
+        execlp(self_exe, self_exe, "--exec-child", n, f, "a5", "a6", "a7", "a8", (char *)NULL);
+        _exit(127);
+    }
+    waited(pid);
+    LOCAL(fd);
+}
+
+static void s_posix_spawn(void) {
+    /* issue 9 case 7 through posix_spawn (glibc execs the child internally), then posix_spawnp
+     * handing a close-on-exec socket to the child with a dup2 file action */
+    extern char **environ;
+    int fd = tcp(AF_INET);
+    bind4(fd, "0.0.0.0", 0);
+    char n[16], f[16];
+    snprintf(n, sizeof n, "%d", cur);
+    snprintf(f, sizeof f, "%d", fd);
+    char *argv[] = {self_exe, "--exec-child", n, f, NULL};
+    pid_t pid;
+    int r = posix_spawn(&pid, self_exe, NULL, NULL, argv, environ);
+    if (r == 0) waited(pid); /* the child's lines come first: no interleaving */
+    say("posix_spawn = %d", r);
+    int g = FD("socket SOCK_CLOEXEC", socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0));
+    bind4(g, "0.0.0.0", 0);
+    posix_spawn_file_actions_t fa;
+    posix_spawn_file_actions_init(&fa);
+    posix_spawn_file_actions_adddup2(&fa, g, 100);
+    snprintf(f, sizeof f, "%d", 100);
+    r = posix_spawnp(&pid, self_exe, &fa, NULL, argv, environ);
+    if (r == 0) waited(pid);
+    say("posix_spawnp = %d", r);
+    posix_spawn_file_actions_destroy(&fa);
+}
+
+static void s_exec_own_options(void) {
+    /* issue 9 case 7 / issue 11: an exec'd child reads the program's own IP_LOCAL_PORT_RANGE
+     * and IP_BIND_ADDRESS_NO_PORT: after a connect (the kernel strategy sets both), after
+     * bind(SLICE_IP, 0) + connect, after bind(SLICE_IP, 0) + getsockname (the shim set NO_PORT
+     * for the deferred port) */
+    unsigned range = (50999u << 16) | 50000u;
+    int fd = tcp(AF_INET);
+    CALL("setsockopt IP_LOCAL_PORT_RANGE", setsockopt(fd, IPPROTO_IP, IP_LOCAL_PORT_RANGE, &range, sizeof range));
+    connect4(fd, SERVER4, ECHO);
+    the_three(fd);
+    exec_child(fd);
+    int g = tcp(AF_INET);
+    bind4(g, CLIENT4, 0);
+    connect4(g, SERVER4, ECHO);
+    the_three(g);
+    exec_child(g);
+    int h = tcp(AF_INET);
+    bind4(h, CLIENT4, 0);
+    LOCAL(h);
+    the_three(h);
+    exec_child(h);
+}
+
+static unsigned long long cookie_of(int fd) {
+    unsigned long long c = 0;
+    socklen_t l = sizeof c;
+    getsockopt(fd, SOL_SOCKET, SO_COOKIE, &c, &l);
+    return c;
+}
+
+static void raw_name(const char *label, int fd) {
+    struct sockaddr_storage ss;
+    socklen_t len = sizeof ss;
+    memset(&ss, 0, sizeof ss);
+    char t[128];
+    if (syscall(SYS_getsockname, fd, &ss, &len) == 0)
+        say("%s = %s", label, addr_text(&ss, len, t));
+    else
+        say("%s = -1 errno=%s", label, ename(errno));
+}
+
+static void s_exec_cloexec(void) {
+    /* A close-on-exec socket does not reach the new program: its deferred bind(0.0.0.0, 0)
+     * waits for this process's own connect (no port taken at exec, the socket is not replaced);
+     * the socket the exec keeps is bound */
+    int a = FD("socket SOCK_CLOEXEC", socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0));
+    bind4(a, "0.0.0.0", 0);
+    int b = tcp(AF_INET);
+    bind4(b, "0.0.0.0", 0);
+    unsigned long long c0 = cookie_of(a);
+    exec_child(b);
+    /* What the kernel holds, past the shim's getsockname (which would carry a deferred bind
+     * out): `a` has no port yet, `b` has one. */
+    raw_name("raw getsockname", a);
+    raw_name("raw getsockname", b);
+    connect4(a, SERVER4, ECHO);
+    say("same socket across connect = %d", cookie_of(a) == c0);
+    LOCAL(a);
+    echo(a);
+}
+
+static void s_system_popen(void) {
+    /* issue 9 case 7 through system() and popen() (glibc spawns the shell internally) */
+    char cmd[4300];
+    int fd = tcp(AF_INET);
+    bind4(fd, "0.0.0.0", 0);
+    snprintf(cmd, sizeof cmd, "exec '%s' --exec-child %d %d", self_exe, cur, fd);
+    int st = system(cmd);
+    say("system = %d", WIFEXITED(st) ? WEXITSTATUS(st) : -1);
+    int u = udp(AF_INET);
+    bind4(u, "0.0.0.0", 0);
+    snprintf(cmd, sizeof cmd, "exec '%s' --exec-child %d %d", self_exe, cur, u);
+    FILE *p = popen(cmd, "r");
+    if (!p) {
+        say("popen = NULL errno=%s", ename(errno));
+        return;
+    }
+    char buf[4096];
+    size_t k;
+    while ((k = fread(buf, 1, sizeof buf, p)) > 0) {
+        ssize_t w = write(1, buf, k);
+        (void)w;
+    }
+    st = pclose(p);
+    say("pclose = %d", WIFEXITED(st) ? WEXITSTATUS(st) : -1);
+}
+
 struct th {
     int i;
     char local[128];
@@ -1502,6 +1641,11 @@ static const struct scenario SCENARIOS[] = {
     {"plain dlopen library connects", s_dlopen_plain},
     {"dlmopen RTLD_DEEPBIND library connects (IPv6)", s_dlmopen_deepbind},
     {"unreadable msghdr: EFAULT", s_efault_msghdr},
+    {"vfork + execlp with stack arguments after bind(0.0.0.0, 0)", s_vfork_execlp},
+    {"posix_spawn / posix_spawnp (dup2 action) after bind(0.0.0.0, 0)", s_posix_spawn},
+    {"exec after connect: the program's own NO_PORT / LOCAL_PORT_RANGE", s_exec_own_options},
+    {"exec with a close-on-exec socket after bind(0.0.0.0, 0)", s_exec_cloexec},
+    {"system() and popen() after bind(0.0.0.0, 0)", s_system_popen},
 };
 #define NSCEN ((int)(sizeof SCENARIOS / sizeof SCENARIOS[0]))
 
@@ -1530,8 +1674,13 @@ static void run_one(int n) {
 int main(int argc, char **argv) {
     ssize_t n = readlink("/proc/self/exe", self_exe, sizeof self_exe - 1);
     if (n > 0) self_exe[n] = 0;
-    if (argc == 4 && strcmp(argv[1], "--exec-child") == 0) {
+    if (argc >= 4 && strcmp(argv[1], "--exec-child") == 0) {
         cur = atoi(argv[2]);
+        if (argc > 4) {
+            char extra[256] = "";
+            for (int a = 4; a < argc; a++) snprintf(extra + strlen(extra), sizeof extra - strlen(extra), " %s", argv[a]);
+            say("extra args =%s", extra);
+        }
         exec_continue(atoi(argv[3]));
         return 0;
     }

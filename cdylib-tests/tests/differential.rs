@@ -37,9 +37,7 @@ const SLICE: (u16, u16) = (40000, 40199);
 const OWN_PORTS: (u16, u16) = (7000, 7999);
 
 /// Scenarios that show a bug not fixed yet: (scenario, what it shows). Shrink it as fixes land.
-const KNOWN: &[(u32, &str)] = &[
-    (55, "issue 9 case 7: a deferred bind(0.0.0.0, 0) lives in the parent's memory: an exec'd child sees port 0 until it connects or listens"),
-];
+const KNOWN: &[(u32, &str)] = &[];
 
 /// The scenario that connects to port 0 (its flows cannot carry their number in the port).
 const PORT_ZERO_SCENARIO: u32 = 8;

@@ -292,6 +292,35 @@ pub fn sibling(fd: c_int, ino: u64, wanted: impl Fn(u64) -> bool) -> Option<c_in
     None
 }
 
+/// Every entry that names a socket: `f(fd, ino, lifecycle word)`. Scans the chunks in use
+/// (no syscall, no allocation): for the rare passes over all sockets (before an exec).
+pub fn each(mut f: impl FnMut(c_int, u64, u64)) {
+    for (t, top) in TABLE.iter().enumerate() {
+        let m = top.load(Relaxed);
+        if m.is_null() {
+            continue;
+        }
+        // SAFETY: an installed mid table, never freed.
+        let m = unsafe { &*m };
+        for (c, chunk) in m.iter().enumerate() {
+            let p = chunk.load(Relaxed);
+            if p.is_null() {
+                continue;
+            }
+            for lo in 0..CHUNK {
+                // SAFETY: an installed chunk of CHUNK entries, never unmapped.
+                let e = unsafe { &*p.add(lo) };
+                let ino = e.ino.load(Relaxed);
+                if ino != 0 {
+                    if let Ok(fd) = c_int::try_from((t * CHUNKS + c) * CHUNK + lo) {
+                        f(fd, ino, e.state.load(Relaxed));
+                    }
+                }
+            }
+        }
+    }
+}
+
 /// `to` now refers to the same socket as `from` (dup): copy the entry, or clear `to`.
 pub fn copy(from: c_int, to: c_int) {
     match slot(from, false) {

@@ -11,6 +11,7 @@ pub use portrange_lib::{choice, config, scope};
 #[cfg_attr(test, allow(dead_code))]
 mod calls;
 mod errno;
+mod exec;
 mod fdtable;
 mod guard;
 mod log;

@@ -82,6 +82,9 @@ macro_rules! real {
         /// Resolve every real function now (the initialisation calls this once per process).
         pub fn resolve_all() {
             $( resolve(&slot::$name, &[$($sym),+]); )*
+            for i in 0..EXEC_NAMES.len() {
+                exec_fn(i);
+            }
         }
     };
 }
@@ -106,4 +109,44 @@ real! {
     socket [c"socket"]: fn(domain: c_int, ty: c_int, protocol: c_int) -> c_int;
     accept [c"accept"]: fn(fd: c_int, addr: *mut sockaddr, len: *mut socklen_t) -> c_int;
     accept4 [c"accept4"]: fn(fd: c_int, addr: *mut sockaddr, len: *mut socklen_t, flags: c_int) -> c_int;
+}
+
+/// The exec family and the calls that spawn a program (`exec.rs`'s tail jumps), by index: the
+/// stubs jump to these addresses with the program's registers untouched, so they are kept raw.
+pub const EXEC_NAMES: [&std::ffi::CStr; 13] = [
+    c"execve",
+    c"execv",
+    c"execvp",
+    c"execvpe",
+    c"execveat",
+    c"fexecve",
+    c"execl",
+    c"execlp",
+    c"execle",
+    c"posix_spawn",
+    c"posix_spawnp",
+    c"system",
+    c"popen",
+];
+static EXEC: [AtomicPtr<c_void>; EXEC_NAMES.len()] =
+    [const { AtomicPtr::new(std::ptr::null_mut()) }; EXEC_NAMES.len()];
+/// Stored for a symbol this libc lacks (execveat before glibc 2.34), so that it is asked once.
+const ABSENT: *mut c_void = usize::MAX as *mut c_void;
+
+/// The real function `EXEC_NAMES[i]`, or null if libc has none. Resolved by `resolve_all`; a
+/// call before that (another library's constructor running a program) resolves on the spot.
+pub fn exec_fn(i: usize) -> *const c_void {
+    let Some(slot) = EXEC.get(i) else { return std::ptr::null() };
+    let p = slot.load(Ordering::Relaxed);
+    if p == ABSENT {
+        return std::ptr::null();
+    }
+    if !p.is_null() {
+        return p;
+    }
+    let p = resolve(slot, &[EXEC_NAMES[i]]);
+    if p.is_null() {
+        slot.store(ABSENT, Ordering::Relaxed);
+    }
+    p
 }

@@ -272,6 +272,32 @@ impl State {
     }
 }
 
+/// What must happen to a socket before this process execs (or starts a program that inherits
+/// it), so that the new program sees what the kernel would show (issue 9 case 7).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum BeforeExec {
+    Nothing,
+    /// A deferred bind lives only in this process's memory: carry it out, as getsockname would.
+    Materialize,
+    /// The port is chosen, and the shim's IP_BIND_ADDRESS_NO_PORT / IP_LOCAL_PORT_RANGE are still
+    /// on the socket (this process answers getsockopt from its record): put the program's back.
+    /// Only once placed: a socket in any other phase may be in the middle of a placement on
+    /// another thread, whose connect needs the shim's values.
+    RestoreOptions,
+}
+
+impl State {
+    pub fn before_exec(self) -> BeforeExec {
+        if self.deferred() {
+            BeforeExec::Materialize
+        } else if self.placed() && self.has(fact::SHIM_NO_PORT | fact::SHIM_RANGE) {
+            BeforeExec::RestoreOptions
+        } else {
+            BeforeExec::Nothing
+        }
+    }
+}
+
 /// The state recorded for socket `ino` at `fd` (`State::default()` if none, or stale).
 pub fn of(fd: c_int, ino: u64) -> State {
     State(crate::fdtable::word(fd, ino))
@@ -284,12 +310,38 @@ pub fn go(fd: c_int, ino: u64, t: impl Fn(State) -> State) {
         if next.0 & fact::SHIM_OPTS & !w != 0 && !SHIM_CHANGED.load(Relaxed) {
             SHIM_CHANGED.store(true, Relaxed);
         }
+        if enters_exec_work(State(w), next) {
+            // A retried update counts twice: the count is an upper bound.
+            EXEC_PENDING.fetch_add(1, Relaxed);
+        }
         next.0
     });
 }
 
-use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering::Relaxed};
 static SHIM_CHANGED: AtomicBool = AtomicBool::new(false);
+/// Sockets that may need work before an exec ([`State::before_exec`]): raised by every
+/// transition into such a state, lowered only by the pass before an exec (`exec.rs`), to the
+/// number it left pending. Never below the truth (entries copied by a dup come from a counted
+/// one); 0 means an exec has nothing to do.
+static EXEC_PENDING: AtomicUsize = AtomicUsize::new(0);
+
+/// A transition that gives the socket (new) work before an exec: counted.
+fn enters_exec_work(old: State, new: State) -> bool {
+    let work = new.before_exec();
+    work != BeforeExec::Nothing && work != old.before_exec()
+}
+
+/// Sockets that may need work before an exec (0: none; one atomic load).
+pub fn exec_pending() -> usize {
+    EXEC_PENDING.load(Relaxed)
+}
+
+/// The pass before an exec read `seen`, and left `left` sockets pending (close-on-exec ones).
+/// Unless a transition counted meanwhile, the count becomes `left`.
+pub fn exec_swept(seen: usize, left: usize) {
+    let _ = EXEC_PENDING.compare_exchange(seen, left, Relaxed, Relaxed);
+}
 
 /// Has the shim changed a managed option (SO_REUSEADDR, IP_BIND_ADDRESS_NO_PORT,
 /// IP_LOCAL_PORT_RANGE) on any socket of this process? Until it has, getsockopt of those options
@@ -423,6 +475,42 @@ mod tests {
         let s = State::default().program_set(Managed::ReuseAddr, true);
         assert_eq!(s.program_value(Managed::ReuseAddr), None, "not changed by the shim");
         assert_eq!(s.shim_set(fact::SHIM_REUSEADDR).program_value(Managed::ReuseAddr), Some(true));
+    }
+
+    #[test]
+    fn before_exec_materializes_deferred_and_restores_placed_options() {
+        use BeforeExec::*;
+        for s in all() {
+            let want = match s.phase() {
+                DeferredBind => Materialize,
+                Placed(_) | Disconnected if s.has(fact::SHIM_NO_PORT | fact::SHIM_RANGE) => RestoreOptions,
+                _ => Nothing,
+            };
+            assert_eq!(s.before_exec(), want, "{s:?}");
+        }
+        let placed = State::default().shim_set(fact::SHIM_OPTS).placed_at(Port::Owned);
+        assert_eq!(placed.before_exec(), RestoreOptions);
+        assert_eq!(placed.options_restored().before_exec(), Nothing, "SO_REUSEADDR alone stays");
+        // In the middle of a placement (options set, not placed yet): left alone.
+        assert_eq!(State::default().shim_set(fact::SHIM_OPTS).before_exec(), Nothing);
+        assert_eq!(State::default().defer_slice_bind().before_exec(), Materialize);
+    }
+
+    #[test]
+    fn transitions_into_exec_work_are_counted() {
+        let fresh = State::default();
+        let deferred = fresh.defer_bind();
+        let placed = fresh.shim_set(fact::SHIM_OPTS).placed_at(Port::Owned);
+        assert!(enters_exec_work(fresh, deferred));
+        assert!(enters_exec_work(deferred, placed), "Materialize → RestoreOptions: new work");
+        assert!(!enters_exec_work(deferred, deferred.settle()));
+        assert!(!enters_exec_work(placed, placed.program_bound()));
+        assert!(!enters_exec_work(placed, placed.options_restored()));
+        assert!(!enters_exec_work(deferred, deferred.bound_by_kernel()));
+        // go() counts (other tests only add to the count; only the pass before an exec lowers it).
+        let n = exec_pending();
+        go(6002, 7, State::defer_bind);
+        assert!(exec_pending() > n);
     }
 
     #[test]

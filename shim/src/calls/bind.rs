@@ -21,7 +21,15 @@ fn fail(e: c_int) -> c_int {
 /// port of that IP's slices of its own, as the kernel would have given one at bind time.
 /// `Err(errno)` when the slices have no free port.
 pub fn materialize(fd: c_int, ino: u64, family: c_int) -> Result<(), c_int> {
-    let ip = addr::local(fd).map(|(_, a)| crate::config::canonical(a.ip()));
+    let local = addr::local(fd).map(|(_, a)| a);
+    if let Some(a) = local.filter(|a| a.port() != 0) {
+        // Carried out already, through another descriptor of the same socket (a dup): only
+        // this entry is behind.
+        let t = if a.ip().is_unspecified() { State::bound_by_kernel } else { State::bound_in_slice };
+        socket::go(fd, ino, t);
+        return Ok(());
+    }
+    let ip = local.map(|a| crate::config::canonical(a.ip()));
     match (ip, mode()) {
         (Some(ip), Some(Mode::Active(active))) if !ip.is_unspecified() => {
             let slices = active.cfg.slices.iter().filter(|s| s.ip == ip);
@@ -38,6 +46,36 @@ pub fn materialize(fd: c_int, ino: u64, family: c_int) -> Result<(), c_int> {
             let _ = addr::bind(fd, any, family);
             socket::go(fd, ino, State::bound_by_kernel);
             Ok(())
+        }
+    }
+}
+
+/// Before an exec that the socket survives (`exec.rs`): carry out its deferred bind, so that
+/// the new program sees a port — one of the slices. The new program's shim has no record of the
+/// socket and leaves a bound port alone as the program's own, so a port the kernel picked (what
+/// `materialize` gives a wildcard bind) would send the new program's flows from outside the
+/// slice. bind(SLICE_IP, 0) gets a port of that IP's slices, as in `materialize`; bind(wildcard,
+/// 0) keeps the wildcard address (what the kernel shows) with a free port of the slices of its
+/// family, owned (SO_REUSEADDR off while binding). With every such port taken it stays
+/// deferred: the new program sees port 0, and its shim places the flow.
+pub fn materialize_for_exec(fd: c_int, ino: u64) {
+    let Some((family, local)) = addr::local(fd) else { return };
+    if local.port() != 0 || !local.ip().is_unspecified() {
+        let _ = materialize(fd, ino, family);
+        return;
+    }
+    let Some(Mode::Active(active)) = mode() else { return };
+    let any: std::net::IpAddr = if family == libc::AF_INET6 {
+        std::net::Ipv6Addr::UNSPECIFIED.into()
+    } else {
+        std::net::Ipv4Addr::UNSPECIFIED.into()
+    };
+    // An AF_INET6 wildcard socket is dual-stack: a port of any slice will do.
+    for s in active.cfg.slices.iter().filter(|s| family == libc::AF_INET6 || s.ip.is_ipv4()) {
+        let wild = crate::config::Slice { ip: any, ..*s };
+        if bind_slice_port(fd, family, std::iter::once(&wild), &active.reserved).is_ok() {
+            socket::go(fd, ino, State::bound_in_slice);
+            return;
         }
     }
 }

@@ -534,9 +534,6 @@ fn conclude_known(fd: c_int, dst: SocketAddr, kind: Kind, r: Placed, ino: Option
             if kind == Kind::KernelFallback {
                 stats::bump(C::kernel_fallbacks);
             }
-            if matches!(kind, Kind::Tcp(Tcp::Kernel) | Kind::KernelFallback) {
-                restore_after_connect(fd, ino);
-            }
             log::debug!("fd {fd} to {dst}: placed at {local} (slice {slice}, {counter:?})");
             Next::Return { ret, errno: e }
         }
@@ -589,23 +586,6 @@ fn conclude_known(fd: c_int, dst: SocketAddr, kind: Kind, r: Placed, ino: Option
             fail(libc::EADDRNOTAVAIL)
         }
     }
-}
-
-/// IP_BIND_ADDRESS_NO_PORT and IP_LOCAL_PORT_RANGE served only the connect that chose the port:
-/// the program's own values go back on the socket, so that what the kernel reports — through a
-/// dup made before connect, or in an exec'd child — is the program's (issue 9 case 7).
-/// (SO_REUSEADDR stays 1: other sockets share the port with this one.)
-fn restore_after_connect(fd: c_int, ino: u64) {
-    let s = socket::of(fd, ino);
-    if let Some(own) = s.program_value(socket::Managed::NoPort) {
-        let own = u32::from(own);
-        let _ = addr::set_u32(fd, libc::IPPROTO_IP, libc::IP_BIND_ADDRESS_NO_PORT, own);
-    }
-    if s.has(fact::SHIM_RANGE) {
-        let own = fdtable::prog_range(fd, ino);
-        let _ = addr::set_u32(fd, libc::IPPROTO_IP, crate::sys::sysctl::IP_LOCAL_PORT_RANGE, own);
-    }
-    socket::go(fd, ino, State::options_restored);
 }
 
 /// connect(AF_UNSPEC) succeeded. A UDP socket the shim placed keeps its (shared) slice port
