@@ -243,6 +243,14 @@ pub fn modify(fd: c_int, ino: u64, f: impl Fn(u64) -> u64) {
     }
 }
 
+/// Replace the lifecycle word of whatever socket `fd`'s entry describes by `f(word)`, with no
+/// identity check (atomics only; nothing happens when the entry is empty).
+pub fn modify_unchecked(fd: c_int, f: impl Fn(u64) -> u64) {
+    if let Some(e) = slot(fd, false).filter(|e| e.ino.load(Relaxed) != 0) {
+        let _ = e.state.fetch_update(Relaxed, Relaxed, |w| Some(f(w)));
+    }
+}
+
 /// Record the program's own IP_LOCAL_PORT_RANGE value.
 pub fn set_prog_range(fd: c_int, ino: u64, v: u32) {
     if let Some(e) = claim(fd, ino) {

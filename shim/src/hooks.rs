@@ -189,20 +189,22 @@ pub unsafe extern "C-unwind" fn sendmmsg(
 pub unsafe extern "C-unwind" fn socket(domain: c_int, ty: c_int, protocol: c_int) -> c_int {
     // SAFETY: the program's own arguments, passed on unchanged to the real function.
     let fd = born(unsafe { real::socket(domain, ty, protocol) });
-    if fd >= 0
-        && matches!(domain, libc::AF_INET | libc::AF_INET6)
-        && ty & 0xf == libc::SOCK_DGRAM
-        && engaged()
-    {
-        // A UDP socket: marked as created here (its port, until the program binds it, is the
-        // kernel's: see `socket::fact::CREATED_HERE`). One fstat, for datagram sockets only.
-        let e0 = errno::get();
-        inside(|nested| {
-            if !nested {
-                fds::udp_created(fd, protocol)
-            }
-        });
-        errno::set(e0);
+    if fd >= 0 && matches!(domain, libc::AF_INET | libc::AF_INET6) && engaged() {
+        // An Internet socket: recorded as created here, with its protocol (see
+        // `socket::fact::CREATED_HERE`); a TCP one also as unbound, so that its connect needs
+        // neither SO_PROTOCOL nor getsockname. One fstat (its identity), for these sockets only.
+        let kind = ty & 0xf;
+        if kind == libc::SOCK_DGRAM
+            || (kind == libc::SOCK_STREAM && matches!(protocol, 0 | libc::IPPROTO_TCP))
+        {
+            let e0 = errno::get();
+            inside(|nested| match (nested, kind) {
+                (true, _) => {}
+                (false, libc::SOCK_DGRAM) => fds::udp_created(fd, protocol),
+                (false, _) => fds::tcp_created(fd, domain == libc::AF_INET6),
+            });
+            errno::set(e0);
+        }
     }
     fd
 }
@@ -236,11 +238,19 @@ fn born(fd: c_int) -> c_int {
 }
 
 /// After a dup of `old` into `new`: the new number describes the same socket (atomics only).
+/// Calls on one number are not seen in the other's entry, so neither is known unbound any more.
 #[inline(always)]
 fn duped(old: c_int, new: c_int) {
     if new >= 0 && old != new && crate::fdtable::occupied(old) {
+        crate::socket::go_unchecked(old, crate::socket::State::touched);
         crate::fdtable::copy(old, new);
     }
+}
+
+/// The socket in `fd` may get an address now: its birth record no longer says unbound (atomics).
+#[inline(always)]
+fn touched(fd: c_int) {
+    crate::socket::go_unchecked(fd, crate::socket::State::touched);
 }
 
 #[no_mangle]
@@ -378,11 +388,13 @@ macro_rules! hook {
 }
 
 hook! {
-    /// bind(SLICE_IP, 0) gets a slice port; bind(wildcard, 0) waits for connect/listen.
+    /// bind(SLICE_IP, 0) gets a slice port; bind(wildcard, 0) waits for connect/listen. The
+    /// socket's address is no longer known from its birth (whatever the bind comes to).
     fn bind(fd: c_int, addr: *const sockaddr, len: socklen_t) -> c_int
-        = bind::bind(fd, addr, len), on_panic = libc::EADDRINUSE;
-    /// Carry out a deferred bind first.
-    fn listen(fd: c_int, backlog: c_int) -> c_int = bind::listen(fd, backlog), on_panic = libc::EINVAL;
+        = { touched(fd); bind::bind(fd, addr, len) }, on_panic = libc::EADDRINUSE;
+    /// Carry out a deferred bind first. (A listener has a port: not known unbound any more.)
+    fn listen(fd: c_int, backlog: c_int) -> c_int
+        = { touched(fd); bind::listen(fd, backlog) }, on_panic = libc::EINVAL;
     fn getsockname(fd: c_int, addr: *mut sockaddr, len: *mut socklen_t) -> c_int
         = bind::getsockname(fd, addr, len), on_panic = libc::EBADF;
     /// Records the program's registration (a swapped socket is registered again).

@@ -46,8 +46,9 @@ pub enum Phase {
 
 /// Sticky facts beside the phase (bits above [`PHASE_BITS`]).
 pub mod fact {
-    /// A datagram socket created by socket() in this process: a port it holds while the
-    /// program never bound it (`PROG_BOUND`) is the kernel's automatic one.
+    /// An AF_INET/AF_INET6 TCP or UDP socket created by socket() in this process (its protocol
+    /// is [`TCP`] or UDP): no SO_PROTOCOL look-up. For a datagram socket, a port it holds while
+    /// the program never bound it (`PROG_BOUND`) is the kernel's automatic one.
     pub const CREATED_HERE: u64 = 1 << 3;
     /// The program bound the socket to a port itself.
     pub const PROG_BOUND: u64 = 1 << 4;
@@ -64,6 +65,17 @@ pub mod fact {
     pub const PROG_REUSEADDR: u64 = 1 << 10;
     /// Any option the shim changed.
     pub const SHIM_OPTS: u64 = SHIM_NO_PORT | SHIM_RANGE | SHIM_REUSEADDR;
+    /// With `CREATED_HERE`: a TCP socket (without: UDP).
+    pub const TCP: u64 = 1 << 11;
+    /// With `CREATED_HERE`: born AF_INET6 (without: AF_INET; recorded for TCP).
+    pub const V6: u64 = 1 << 12;
+    /// With `CREATED_HERE`: nothing the shim passed on has touched the socket's address since
+    /// socket() — no bind, listen or connect it left alone, no dup (a sibling fd's calls are not
+    /// seen here). While its phase is also `Fresh` (nothing of the shim's held), its local
+    /// address is the wildcard with port 0 and needs no getsockname. What no hook sees (a bind
+    /// through syscall(), or by another process after fork) is caught by the placement's own
+    /// bind (EINVAL: [`super::State::found_bound`]).
+    pub const UNTOUCHED: u64 = 1 << 13;
 }
 
 const PHASE_BITS: u64 = 0b111;
@@ -150,10 +162,23 @@ impl State {
         self.has(fact::CREATED_HERE) && !self.has(fact::PROG_BOUND)
     }
 
-    /// The protocol the socket was born with, if socket() in this process recorded it (datagram
-    /// AF_INET/AF_INET6 sockets of protocol 0 or IPPROTO_UDP: see `fact::CREATED_HERE`).
+    /// The protocol the socket was born with, if socket() in this process recorded it
+    /// (AF_INET/AF_INET6 sockets of protocol 0, IPPROTO_UDP or IPPROTO_TCP: see
+    /// `fact::CREATED_HERE`).
     pub fn born_proto(self) -> Option<crate::scope::Proto> {
-        self.has(fact::CREATED_HERE).then_some(crate::scope::Proto::Udp)
+        use crate::scope::Proto;
+        self.has(fact::CREATED_HERE).then_some(if self.has(fact::TCP) { Proto::Tcp } else { Proto::Udp })
+    }
+
+    /// A TCP socket born here whose address nothing has touched, holding nothing of the shim's:
+    /// its family, and that it is unbound (wildcard, port 0), are known without a look.
+    /// `Some(family)` then.
+    pub fn untouched_tcp(self) -> Option<c_int> {
+        let born = fact::CREATED_HERE | fact::TCP | fact::UNTOUCHED;
+        (self.0 & born == born
+            && self.phase() == Phase::Fresh
+            && !self.has(fact::PROG_BOUND | fact::NOT_PROGRAMS))
+        .then_some(if self.has(fact::V6) { libc::AF_INET6 } else { libc::AF_INET })
     }
 
     /// The program's own value of a managed option the shim changed (`None`: unchanged, the
@@ -171,6 +196,25 @@ impl State {
     /// socket() made a datagram socket in this process.
     pub fn born_udp(self) -> State {
         self.plus(fact::CREATED_HERE)
+    }
+
+    /// socket() made a TCP socket (AF_INET6 if `v6`) in this process: unbound, untouched.
+    pub fn born_tcp(self, v6: bool) -> State {
+        self.plus(fact::CREATED_HERE | fact::TCP | fact::UNTOUCHED | if v6 { fact::V6 } else { 0 })
+    }
+
+    /// The program bound, listened, connected past the shim, or made a dup of the socket: its
+    /// address is no longer known from its birth (the next connect looks it up).
+    pub fn touched(self) -> State {
+        State(self.0 & !fact::UNTOUCHED)
+    }
+
+    /// A placement that took the socket as untouched found it bound after all (its bind got
+    /// EINVAL: bound or connected behind the hooks' back — syscall(), another process after
+    /// fork): the shim put the program's own option values back; from now on the socket is
+    /// looked at as one from before the shim loaded (its protocol is still known).
+    pub fn found_bound(self) -> State {
+        State(self.0 & !(fact::UNTOUCHED | fact::SHIM_OPTS))
     }
 
     /// The program bound the socket to a port of its choosing.
@@ -303,6 +347,13 @@ pub fn of(fd: c_int, ino: u64) -> State {
     State(crate::fdtable::word(fd, ino))
 }
 
+/// Apply transition `t` to whatever socket `fd`'s entry describes, without a look-up (atomics
+/// only): for transitions that only drop facts, harmless on a stale entry (it reads as unknown
+/// for any other socket anyway).
+pub fn go_unchecked(fd: c_int, t: impl Fn(State) -> State) {
+    crate::fdtable::modify_unchecked(fd, |w| t(State(w)).0);
+}
+
 /// Apply transition `t` to socket `ino` at `fd` (a stale entry is reset first).
 pub fn go(fd: c_int, ino: u64, t: impl Fn(State) -> State) {
     crate::fdtable::modify(fd, ino, |w| {
@@ -361,7 +412,7 @@ mod tests {
     /// Every phase, bare and with every fact set.
     fn all() -> impl Iterator<Item = State> {
         ALL.into_iter()
-            .flat_map(|p| [State(0).with_phase(p), State(!PHASE_BITS & ((1 << 11) - 1)).with_phase(p)])
+            .flat_map(|p| [State(0).with_phase(p), State(!PHASE_BITS & ((1 << 14) - 1)).with_phase(p)])
     }
 
     /// `t` maps each phase as `expect` says and never touches facts outside `facts_set` /
@@ -391,6 +442,64 @@ mod tests {
         assert_eq!(s.born_proto(), Some(crate::scope::Proto::Udp));
         assert_eq!(State::default().born_proto(), None, "unknown: looked up");
         assert!(!s.program_bound().never_bound_by_program());
+    }
+
+    #[test]
+    fn born_tcp_records_protocol_family_and_untouched() {
+        check(|s| s.born_tcp(false), |p| p, fact::CREATED_HERE | fact::TCP | fact::UNTOUCHED, 0);
+        check(|s| s.born_tcp(true), |p| p, fact::CREATED_HERE | fact::TCP | fact::V6 | fact::UNTOUCHED, 0);
+        let (v4, v6) = (State::default().born_tcp(false), State::default().born_tcp(true));
+        assert_eq!(v4.born_proto(), Some(crate::scope::Proto::Tcp));
+        assert_eq!(v6.born_proto(), Some(crate::scope::Proto::Tcp));
+        assert_eq!(v4.untouched_tcp(), Some(libc::AF_INET));
+        assert_eq!(v6.untouched_tcp(), Some(libc::AF_INET6));
+        assert!(v4.never_bound_by_program());
+        // Not known unbound: never recorded, a UDP birth, or anything since.
+        assert_eq!(State::default().untouched_tcp(), None);
+        assert_eq!(State::default().born_udp().untouched_tcp(), None);
+        for later in [
+            State::touched,
+            State::program_bound,
+            State::defer_bind,
+            State::defer_slice_bind,
+            State::settle,
+            State::attempt_failed,
+            State::bound_by_kernel,
+            State::found_bound,
+            |s: State| s.placed_at(Port::Owned),
+            |s: State| s.placed_at(Port::Owned).disconnect_owned(),
+        ] {
+            let s = later(v6);
+            assert_eq!(s.untouched_tcp(), None, "{s:?}");
+            assert_eq!(s.born_proto(), Some(crate::scope::Proto::Tcp), "the protocol stays known: {s:?}");
+        }
+        // Options alone do not bind.
+        assert_eq!(v4.program_set(Managed::NoPort, true).untouched_tcp(), Some(libc::AF_INET));
+    }
+
+    #[test]
+    fn touched_only_drops_untouched() {
+        check(State::touched, |p| p, 0, fact::UNTOUCHED);
+    }
+
+    #[test]
+    fn found_bound_drops_untouched_and_the_shims_options() {
+        check(State::found_bound, |p| p, 0, fact::UNTOUCHED | fact::SHIM_OPTS);
+        let s =
+            State::default().born_tcp(false).shim_set(fact::SHIM_OPTS).program_set(Managed::ReuseAddr, true);
+        let f = s.found_bound();
+        assert_eq!(f.program_value(Managed::ReuseAddr), None, "the kernel's value is the program's again");
+        assert!(f.has(fact::PROG_REUSEADDR));
+        assert_eq!(f.born_proto(), Some(crate::scope::Proto::Tcp));
+    }
+
+    #[test]
+    fn go_unchecked_changes_whatever_entry_the_fd_has() {
+        go(6002, 77, |s| s.born_tcp(false));
+        go_unchecked(6002, State::touched);
+        assert_eq!(of(6002, 77), State::default().born_tcp(false).touched());
+        go_unchecked(6003, State::touched); // no entry: nothing happens
+        assert_eq!(of(6003, 0), State::default());
     }
 
     #[test]

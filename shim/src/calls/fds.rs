@@ -24,6 +24,19 @@ pub unsafe fn epoll_ctl(epfd: c_int, op: c_int, fd: c_int, ev: *mut libc::epoll_
     r
 }
 
+/// socket() made an AF_INET/AF_INET6 TCP socket: record it as created here, unbound (see
+/// `socket::fact::UNTOUCHED`). No vfork guard (whose getpid would cost a syscall per socket): a
+/// vfork child's socket takes a number free in the parent too (the child's table is a copy), so
+/// its record is stale for the parent, and its identity differs from any socket the parent
+/// makes there later.
+pub fn tcp_created(fd: c_int, v6: bool) {
+    if matches!(mode(), Some(Mode::Active(_))) {
+        if let Some(ino) = fdtable::ino(fd) {
+            crate::socket::go(fd, ino, |s| s.born_tcp(v6));
+        }
+    }
+}
+
 /// socket() made an AF_INET/AF_INET6 datagram socket: mark it as created here (see
 /// `socket::fact::CREATED_HERE`).
 pub fn udp_created(fd: c_int, protocol: c_int) {

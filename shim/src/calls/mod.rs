@@ -24,9 +24,20 @@ impl Sock {
         Self::known(fd, crate::socket::State::default())
     }
 
-    /// As [`Sock::of`], for a socket whose recorded state may say what it was born as: a UDP
-    /// socket created by socket() here (`fact::CREATED_HERE`) needs no SO_PROTOCOL look-up.
+    /// As [`Sock::of`], for a socket whose recorded state may say what it was born as: a socket
+    /// created by socket() here (`fact::CREATED_HERE`) needs no SO_PROTOCOL look-up, and a TCP
+    /// one nothing has touched since (`State::untouched_tcp`) no getsockname either — its
+    /// address is the wildcard, port 0 (checked by the placement's own bind: see
+    /// `strategy::Target::assumed`).
     pub fn known(fd: c_int, state: crate::socket::State) -> Option<Sock> {
+        if let Some(family) = state.untouched_tcp() {
+            let any: std::net::IpAddr = if family == libc::AF_INET6 {
+                std::net::Ipv6Addr::UNSPECIFIED.into()
+            } else {
+                std::net::Ipv4Addr::UNSPECIFIED.into()
+            };
+            return Some(Sock { family, proto: Proto::Tcp, local: SocketAddr::new(any, 0) });
+        }
         let proto = match state.born_proto() {
             Some(p) => p,
             None => scope::proto(addr::get_int(fd, libc::SOL_SOCKET, libc::SO_PROTOCOL)?)?,

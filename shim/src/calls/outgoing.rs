@@ -156,10 +156,11 @@ fn outgoing(fd: c_int, dst: SocketAddr, call: Call, nested: bool) -> Next {
         }
         _ => return Next::Pass,
     };
-    // One look at the socket: its identity and recorded state first (a UDP socket born here
-    // needs no protocol look-up), then its address.
+    // One look at the socket: its identity and recorded state first (a socket born here needs
+    // no protocol look-up; a TCP one untouched since no getsockname), then its address.
     let ino = fdtable::ino(fd);
     let state = ino.map_or_else(State::default, |ino| socket::of(fd, ino));
+    let assumed = state.untouched_tcp().is_some();
     let (Some(ino), Some(sock)) = (ino, ino.and_then(|_| Sock::known(fd, state))) else {
         stats::bump(C::passed_through);
         if call == Call::FirstSend {
@@ -175,7 +176,23 @@ fn outgoing(fd: c_int, dst: SocketAddr, call: Call, nested: bool) -> Next {
         return Next::Pass;
     }
     let exhausted = if sock.proto == Proto::Udp { libc::EAGAIN } else { libc::EADDRNOTAVAIL };
-    let flow = |v6, pinned| Flow { active, fd, ino, family: sock.family, local: sock.local, v6, pinned, dst };
+    let flow = |v6, pinned| Flow {
+        active,
+        fd,
+        ino,
+        family: sock.family,
+        local: sock.local,
+        v6,
+        pinned,
+        dst,
+        assumed,
+    };
+    // A connect the shim leaves alone gives the socket an address: no longer known unbound.
+    let left = || {
+        if assumed {
+            socket::go(fd, ino, State::touched);
+        }
+    };
     if state.placed() {
         // A UDP socket may connect again, to another peer, without disconnecting first. On a
         // shared port that new 4-tuple was never checked: it is placed afresh, on a fresh socket.
@@ -229,6 +246,7 @@ fn outgoing(fd: c_int, dst: SocketAddr, call: Call, nested: bool) -> Next {
                 Decision::Place { v6, pinned } => place_tcp(flow(v6, pinned)),
                 Decision::Leave(why) => {
                     leave(why, sock.local, dst, nested);
+                    left();
                     if deferred {
                         let _ = materialize(fd, ino, sock.family);
                     }
@@ -253,6 +271,7 @@ fn outgoing(fd: c_int, dst: SocketAddr, call: Call, nested: bool) -> Next {
         }
         Decision::Leave(why) => {
             leave(why, sock.local, dst, nested);
+            left();
             if deferred {
                 let _ = materialize(fd, ino, sock.family);
             }
@@ -308,6 +327,8 @@ struct Flow {
     /// The slice IP the program bound the socket to, if any.
     pinned: Option<IpAddr>,
     dst: SocketAddr,
+    /// `local` comes from the socket's birth record, not a look (see `Target::assumed`).
+    assumed: bool,
 }
 
 impl Flow {
@@ -325,10 +346,11 @@ fn place_tcp(f: Flow) -> Next {
     // deferred wildcard bind carried out for getsockname, or an earlier attempt of ours).
     let own_usable = f.local.port() == 0;
     socket::go(f.fd, f.ino, |s| s.shim_set(fact::SHIM_OPTS));
-    let target = match Target::new(f.fd, f.ino, f.family, own_usable) {
+    let mut target = match Target::new(f.fd, f.ino, f.family, own_usable) {
         Ok(t) => t,
         Err(p) => return conclude(f.fd, f.dst, Kind::Tcp(f.active.tcp), p),
     };
+    target.assumed = f.assumed;
     let how = match f.active.tcp {
         Tcp::Kernel => {
             // The IP the socket is already bound to with port 0: the program's pin, or our bind.
@@ -420,8 +442,31 @@ fn active() -> &'static Active {
 fn resume(plan: Plan, step: Step) -> Next {
     match step {
         Step::Attempt => Next::Call(plan),
+        Step::Done(Placed::NotFresh) => found_bound(plan),
         Step::Done(p) => conclude_known(plan.fd, plan.dst, plan.how.kind(), p, plan.how.ino()),
     }
+}
+
+/// A TCP socket taken as unbound from its birth record was bound behind the hooks' back (a bind
+/// through syscall(), or by another process after fork): the strategy's bind got EINVAL before
+/// any attempt. The options the strategy set before that bind (IP_BIND_ADDRESS_NO_PORT,
+/// SO_REUSEADDR) get the program's values back, and the connect is decided again from a look
+/// at the socket, as for a socket from before the shim loaded.
+fn found_bound(plan: Plan) -> Next {
+    let (fd, ino) = (plan.fd, plan.how.ino().unwrap_or(0));
+    let s = socket::of(fd, ino);
+    let opts = [
+        (socket::Managed::NoPort, libc::IPPROTO_IP, libc::IP_BIND_ADDRESS_NO_PORT),
+        (socket::Managed::ReuseAddr, libc::SOL_SOCKET, libc::SO_REUSEADDR),
+    ];
+    for (m, level, name) in opts {
+        if let Some(own) = s.program_value(m) {
+            let _ = addr::set_u32(fd, level, name, u32::from(own));
+        }
+    }
+    socket::go(fd, ino, State::found_bound);
+    log::debug!("fd {fd} to {}: bound behind the shim's back; looked at again", plan.dst);
+    outgoing(fd, plan.dst, Call::Connect, false)
 }
 
 /// The program's call returned `ret` (errno `errno` when it failed) in a placement.
@@ -563,6 +608,8 @@ fn conclude_known(fd: c_int, dst: SocketAddr, kind: Kind, r: Placed, ino: Option
             );
             fail(libc::EADDRNOTAVAIL)
         }
+        // `resume` looks again instead; here only if a strategy reported it elsewhere.
+        Placed::NotFresh => fail(libc::EADDRNOTAVAIL),
         Placed::Setup(e) => {
             log::error!(
                 "fd {fd} to {dst}: cannot prepare the socket: {} (EADDRNOTAVAIL)",

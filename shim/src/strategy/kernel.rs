@@ -70,6 +70,8 @@ pub struct Kernel {
     slice: Option<Slice>,
     /// The kernel reported a slice full for this destination.
     full: bool,
+    /// SO_REUSEADDR is set on the socket.
+    reuse: bool,
     dst: SocketAddr,
 }
 
@@ -87,7 +89,17 @@ impl Kernel {
     /// program's call (connect, or a TCP Fast Open send) is each attempt.
     pub fn new(target: Target, slices: Cursor, bound: Option<IpAddr>, dst: SocketAddr) -> Kernel {
         let bound = if target.is_own() { bound } else { None };
-        Kernel { target, first: slices, slices, bound, not_local: None, slice: None, full: false, dst }
+        Kernel {
+            target,
+            first: slices,
+            slices,
+            bound,
+            not_local: None,
+            slice: None,
+            full: false,
+            reuse: false,
+            dst,
+        }
     }
 
     /// Ready the socket for the next slice.
@@ -97,29 +109,38 @@ impl Kernel {
             // The kernel found a slice full less than HOLD_MS ago: straight to the fallback.
             return KStep::Fallback;
         }
+        // IP_BIND_ADDRESS_NO_PORT before the bind (which then takes no port); the bind before the
+        // other options: on a socket taken as unbound from its birth record, its EINVAL is the
+        // check that nothing bound it behind the hooks' back, and only NO_PORT is to be undone.
         if self.slice.is_none() {
-            for (opt, level) in
-                [(libc::IP_BIND_ADDRESS_NO_PORT, libc::IPPROTO_IP), (libc::SO_REUSEADDR, libc::SOL_SOCKET)]
-            {
-                if let Err(e) = addr::set_u32(t.cur, level, opt, 1) {
-                    return KStep::Step(t.done(Placed::Setup(e)));
-                }
+            if let Err(e) = addr::set_u32(t.cur, libc::IPPROTO_IP, libc::IP_BIND_ADDRESS_NO_PORT, 1) {
+                return KStep::Step(t.done(Placed::Setup(e)));
             }
         }
         while let Some(slice) = self.slices.next(cfg) {
-            let range = range_value(slice.lo, slice.hi);
-            if let Err(e) = addr::set_u32(t.cur, libc::IPPROTO_IP, IP_LOCAL_PORT_RANGE, range) {
-                return KStep::Step(t.done(Placed::Setup(e)));
-            }
             if self.bound != Some(slice.ip) {
                 match addr::bind(t.cur, SocketAddr::new(slice.ip, 0), t.family) {
-                    Ok(()) => self.bound = Some(slice.ip),
+                    Ok(()) => {
+                        self.bound = Some(slice.ip);
+                        t.assumed = false;
+                    }
                     Err(libc::EADDRNOTAVAIL) => {
                         self.not_local = Some(slice.ip);
                         continue;
                     }
+                    Err(e) if t.found_bound(e) => return KStep::Step(t.done(Placed::NotFresh)),
                     Err(e) => return KStep::Step(t.done(Placed::Setup(e))),
                 }
+            }
+            if !self.reuse {
+                if let Err(e) = addr::set_u32(t.cur, libc::SOL_SOCKET, libc::SO_REUSEADDR, 1) {
+                    return KStep::Step(t.done(Placed::Setup(e)));
+                }
+                self.reuse = true;
+            }
+            let range = range_value(slice.lo, slice.hi);
+            if let Err(e) = addr::set_u32(t.cur, libc::IPPROTO_IP, IP_LOCAL_PORT_RANGE, range) {
+                return KStep::Step(t.done(Placed::Setup(e)));
             }
             if let Err(p) = t.install() {
                 return KStep::Step(t.done(p));

@@ -44,6 +44,10 @@ pub enum Placed {
     Setup(c_int),
     /// A fresh socket was needed and the program's socket cannot be copied.
     Swap(SwapError),
+    /// The program's socket, taken as unbound from its birth record ([`Target::assumed`]), was
+    /// bound after all (the placement's bind got EINVAL): nothing was attempted; the flow is
+    /// to be decided again from a look at the socket.
+    NotFresh,
 }
 
 impl Placed {
@@ -110,11 +114,15 @@ pub struct Target {
     /// unless a later attempt succeeds, the program's fd gets a clean unbound socket back (a
     /// burnt socket would keep a slice port, locked).
     burnt: bool,
+    /// The program's socket is taken as unbound from its birth record (no getsockname): until
+    /// a bind of the shim on it succeeds, EINVAL from that bind means it was bound behind the
+    /// hooks' back ([`Placed::NotFresh`]), never a reason to swap it out.
+    pub assumed: bool,
 }
 
 impl Target {
     pub fn new(fd: c_int, ino: u64, family: c_int, own_usable: bool) -> Result<Target, Placed> {
-        let mut t = Target { fd, ino, family, cur: fd, burnt: false };
+        let mut t = Target { fd, ino, family, cur: fd, burnt: false, assumed: false };
         if !own_usable {
             t.cur = swap::fresh_like(fd, family, ino).map_err(Placed::Swap)?;
         }
@@ -128,6 +136,12 @@ impl Target {
     /// The identity of the socket in the program's fd (updated by each swap).
     pub fn ino(&self) -> u64 {
         self.ino
+    }
+
+    /// The bind of the program's socket taken as unbound failed with `errno`: was it bound
+    /// behind the hooks' back?
+    pub fn found_bound(&self, errno: c_int) -> bool {
+        errno == libc::EINVAL && self.assumed && self.is_own()
     }
 
     /// Prepare a fresh socket on the side (the current one cannot be bound again; if it is the
@@ -221,6 +235,7 @@ impl Target {
                 // Until committed, the program's own socket now holds a slice port: a failure
                 // from here on must give the program a clean socket back (never a held port).
                 self.burnt |= self.is_own();
+                self.assumed = false;
                 Bind::Bound
             }
             Err(libc::EADDRINUSE) => {
@@ -230,6 +245,8 @@ impl Target {
                 Bind::Taken
             }
             Err(libc::EADDRNOTAVAIL) => Bind::NotLocal,
+            // Bound behind the hooks' back: looked at again, never swapped out.
+            Err(e) if self.found_bound(e) => Bind::Stop(Placed::NotFresh),
             Err(libc::EINVAL) if self.is_own() => match self.fresh() {
                 Ok(()) => Bind::Taken,
                 Err(p) => Bind::Stop(p),

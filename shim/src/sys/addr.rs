@@ -27,8 +27,11 @@ unsafe fn copy_in(addr: *const u8, buf: &mut [u8]) -> bool {
         let local = libc::iovec { iov_base: buf.as_mut_ptr().cast(), iov_len: buf.len() };
         let remote = libc::iovec { iov_base: addr as *mut c_void, iov_len: buf.len() };
         let e0 = crate::errno::get();
+        // The cached pid (no getpid syscall): in a vfork child it is the parent's, whose address
+        // space the child shares, so the bytes read are the same (see `sys::pid`).
+        let pid = crate::sys::pid::get();
         // SAFETY: the local iovec is our buffer; the remote one is only read, by the kernel.
-        let n = unsafe { libc::process_vm_readv(libc::getpid(), &local, 1, &remote, 1, 0) };
+        let n = unsafe { libc::process_vm_readv(pid, &local, 1, &remote, 1, 0) };
         let e = crate::errno::get();
         crate::errno::set(e0);
         if n == buf.len() as isize {

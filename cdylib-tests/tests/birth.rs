@@ -1,0 +1,127 @@
+//! TCP sockets known from their birth (issue 11): socket() in this process records a TCP
+//! socket's protocol and family, and that nothing has touched its address yet, so its connect
+//! is placed without a look (no getsockopt(SO_PROTOCOL), no getsockname). Whatever touches the
+//! socket — a bind or listen through the hooks, a dup, or calls no hook sees (syscall()) — must
+//! leave the outcome exactly as a look would have made it.
+
+use cdylib_tests::*;
+use std::net::SocketAddr;
+
+/// Not a slice IP: a program's own choice, left alone.
+const OTHER_IP: &str = "127.0.0.5";
+
+struct Case {
+    ret: i32,
+    errno: i32,
+    local: SocketAddr,
+    same: bool,
+    listening: bool,
+}
+
+fn cases(out: &Output) -> std::collections::BTreeMap<String, Case> {
+    out.fields("CASE")
+        .into_iter()
+        .map(|l| {
+            let w: Vec<&str> = l.split_whitespace().collect();
+            let c = Case {
+                ret: w[1].parse().unwrap(),
+                errno: w[2].parse().unwrap(),
+                local: SocketAddr::new(w[3].parse().unwrap(), w[4].parse().unwrap()),
+                same: w[5] == "1",
+                listening: w[6] == "1",
+            };
+            (w[0].to_string(), c)
+        })
+        .collect()
+}
+
+/// Each way of touching a socket born here, under each strategy, against the same program
+/// without the shim: a bind through syscall() (found by the placement's own bind: EINVAL), an
+/// IP-only bind (IP_BIND_ADDRESS_NO_PORT) through the hook and through a dup (no EINVAL: only
+/// the hooks can tell), and listen() through the hook and through syscall(). The socket the
+/// program connects is never swapped; a program's bind is left alone; a listener stays one.
+#[test]
+fn sockets_touched_after_birth_are_looked_at() {
+    let Some(exe) = compile_c("birth", include_str!("../c/birth.c")) else { return };
+    let rec = Recorder::start("127.0.0.1", Mode::Hold);
+    let args = |r: Run| r.args(["127.0.0.1".to_string(), rec.port().to_string(), OTHER_IP.to_string()]);
+    let base = args(Run::new(&exe).no_preload()).run();
+    base.assert_success();
+    let base = cases(&base);
+    let mut seen = 0;
+    for strategy in tcp_strategies() {
+        let (lo, hi) = slice_ports(8);
+        let out = args(Run::new(&exe))
+            .slice(&slice_spec(SLICE_IP, lo, hi))
+            .env("PORTRANGE_STRATEGY", strategy)
+            .run();
+        out.assert_success();
+        let got = cases(&out);
+        let ctx = |name: &str| format!("[{strategy}] case {name}\n{}", out.dump());
+        assert_eq!(got.len(), 6, "{}", ctx("count"));
+        let fresh = &got["fresh"];
+        assert_eq!(fresh.ret, 0, "{}", ctx("fresh"));
+        assert!(in_slice(fresh.local, SLICE_IP, lo, hi), "{}", ctx("fresh"));
+        for name in ["sysbind", "noport", "dupnoport"] {
+            let c = &got[name];
+            assert_eq!((c.ret, c.errno), (0, 0), "{}", ctx(name));
+            assert_eq!(c.local.ip().to_string(), OTHER_IP, "the program's bind is left alone: {}", ctx(name));
+            assert!(c.same, "the program's socket was swapped: {}", ctx(name));
+        }
+        for name in ["listen", "syslisten"] {
+            let (c, b) = (&got[name], &base[name]);
+            assert_eq!((c.ret, c.errno), (b.ret, b.errno), "the kernel's answer: {}", ctx(name));
+            assert!(c.same && c.listening, "the listener is kept: {}", ctx(name));
+        }
+        seen += 4;
+        let peers = rec.wait_for(seen, PEER_WAIT);
+        for name in ["fresh", "sysbind", "noport", "dupnoport"] {
+            assert!(
+                peers.contains(&got[name].local),
+                "the peer never saw {name}'s {:?}: {peers:?}",
+                got[name].local
+            );
+        }
+    }
+}
+
+/// The point of the birth record: between socket() and the connect that places it, the shim
+/// asks the kernel neither the protocol (getsockopt SO_PROTOCOL) nor the address (getsockname)
+/// of a TCP socket it saw born (strace of the program's first case).
+#[test]
+fn a_socket_born_here_is_placed_without_a_look() {
+    require!("strace");
+    let Some(exe) = compile_c("birth", include_str!("../c/birth.c")) else { return };
+    let rec = Recorder::start("127.0.0.1", Mode::Hold);
+    for strategy in tcp_strategies() {
+        let (lo, hi) = slice_ports(8);
+        let tmp = TempDir::new("birth-strace");
+        let log = tmp.path().join("strace");
+        let out = Run::new("strace")
+            .args(["-f", "-e", "trace=socket,getsockopt,getsockname,bind,connect", "-o"])
+            .arg(&log)
+            .arg(&exe)
+            .args(["127.0.0.1".to_string(), rec.port().to_string(), OTHER_IP.to_string()])
+            .slice(&slice_spec(SLICE_IP, lo, hi))
+            .env("PORTRANGE_STRATEGY", strategy)
+            .run();
+        out.assert_success();
+        let fresh = cases(&out).remove("fresh").expect("case fresh");
+        assert!(in_slice(fresh.local, SLICE_IP, lo, hi), "[{strategy}]\n{}", out.dump());
+        let trace = std::fs::read_to_string(&log).unwrap();
+        let start = trace.find("socket(AF_INET, SOCK_STREAM").expect("the program's socket() in the trace");
+        let to_peer = format!("sin_port=htons({})", rec.port());
+        let end = start
+            + trace[start..]
+                .lines()
+                .take_while(|l| !(l.contains("connect(") && l.contains(&to_peer)))
+                .map(|l| l.len() + 1)
+                .sum::<usize>();
+        let before = &trace[start..end];
+        assert!(
+            !before.contains("SO_PROTOCOL") && !before.contains("getsockname("),
+            "[{strategy}] the shim looked at a socket it saw born:\n{before}"
+        );
+        assert!(before.contains("bind("), "[{strategy}] the placement's bind is in the trace:\n{before}");
+    }
+}
