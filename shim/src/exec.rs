@@ -70,7 +70,8 @@ pub fn restore_options(fd: c_int, ino: u64) {
 }
 
 /// glibc's `struct __spawn_action` (spawn_int.h; 32 bytes on x86_64, unchanged since 2.2): a tag,
-/// then a union whose dup2 member is (fd, newfd).
+/// then a union whose first two ints are (fd, newfd) for dup2, (fd) for close, (from) for
+/// closefrom.
 #[repr(C)]
 struct SpawnAction {
     tag: c_int,
@@ -79,7 +80,9 @@ struct SpawnAction {
     newfd: c_int,
     _rest: [u64; 2],
 }
+const SPAWN_DO_CLOSE: c_int = 0;
 const SPAWN_DO_DUP2: c_int = 1;
+const SPAWN_DO_CLOSEFROM: c_int = 5;
 
 /// glibc's `posix_spawn_file_actions_t` (spawn.h; the libc crate keeps its fields private).
 #[repr(C)]
@@ -92,42 +95,53 @@ struct FileActions {
 const _: () =
     assert!(std::mem::size_of::<FileActions>() == std::mem::size_of::<libc::posix_spawn_file_actions_t>());
 
-/// Is `fd` the source of a dup2 action in `actions` (null: none)? Its copy survives the exec
-/// even when `fd` is close-on-exec.
+/// What the file actions of a `posix_spawn` (null: none) do to `fd`: `Some(true)` if it is the
+/// source of a dup2 (the copy survives the exec even when `fd` is close-on-exec), `Some(false)`
+/// if a close or closefrom action closes it, `None` if they leave it alone.
 ///
 /// # Safety
 /// `actions` is null or the program's initialised `posix_spawn_file_actions_t`, as
 /// `posix_spawn` requires (it reads the same memory right after).
-unsafe fn dup2_source(actions: *const libc::posix_spawn_file_actions_t, fd: c_int) -> bool {
+unsafe fn spawn_fate(actions: *const libc::posix_spawn_file_actions_t, fd: c_int) -> Option<bool> {
     // SAFETY: the caller's contract; `FileActions` is the same layout.
-    let Some(fa) = (unsafe { actions.cast::<FileActions>().as_ref() }) else { return false };
+    let fa = unsafe { actions.cast::<FileActions>().as_ref() }?;
     let n = fa.used;
     if n <= 0 || n > fa.allocated || fa.actions.is_null() {
-        return false;
+        return None;
     }
-    (0..n as usize).any(|i| {
+    let mut fate = None;
+    for i in 0..n as usize {
         // SAFETY: glibc keeps `used` initialised actions at `actions`.
         let a = unsafe { &*fa.actions.add(i) };
-        a.tag == SPAWN_DO_DUP2 && a.fd == fd
-    })
+        match a.tag {
+            SPAWN_DO_DUP2 if a.fd == fd => return Some(true),
+            SPAWN_DO_CLOSE if a.fd == fd => fate = Some(false),
+            SPAWN_DO_CLOSEFROM if a.fd <= fd => fate = Some(false),
+            _ => {}
+        }
+    }
+    fate
 }
 
 /// Does `fd` survive the exec?
 ///
 /// # Safety
-/// As [`dup2_source`].
+/// As [`spawn_fate`].
 unsafe fn survives(fd: c_int, actions: *const libc::posix_spawn_file_actions_t) -> bool {
+    // SAFETY: the caller's contract.
+    if let Some(fate) = unsafe { spawn_fate(actions, fd) } {
+        return fate;
+    }
     // The raw syscall: no hook, no cancellation point.
     // SAFETY: F_GETFD takes no argument and touches no memory.
     let flags = unsafe { libc::syscall(libc::SYS_fcntl, fd, libc::F_GETFD) };
-    // SAFETY: the caller's contract.
-    (flags >= 0 && flags & libc::FD_CLOEXEC as libc::c_long == 0) || unsafe { dup2_source(actions, fd) }
+    flags >= 0 && flags & libc::FD_CLOEXEC as libc::c_long == 0
 }
 
 /// The pass over every socket the shim has a record of.
 ///
 /// # Safety
-/// As [`dup2_source`].
+/// As [`spawn_fate`].
 unsafe fn sweep(actions: *const libc::posix_spawn_file_actions_t) {
     let seen = socket::exec_pending();
     let mut left = 0;
@@ -193,7 +207,7 @@ fn prepare(actions: *const libc::posix_spawn_file_actions_t) {
     let mut cancel: c_int = 0;
     // SAFETY: plain libc call writing the previous state into `cancel`.
     unsafe { pthread_setcancelstate(PTHREAD_CANCEL_DISABLE, &mut cancel) };
-    // SAFETY: `actions` is null or the program's argument to posix_spawn (see `dup2_source`).
+    // SAFETY: `actions` is null or the program's argument to posix_spawn (see `spawn_fate`).
     let _ = std::panic::catch_unwind(|| unsafe { sweep(actions) });
     // SAFETY: as above; restoring the program's state does not act on a pending request.
     unsafe { pthread_setcancelstate(cancel, &mut cancel) };
@@ -316,8 +330,15 @@ mod tests {
         }
     }
 
+    extern "C" {
+        fn posix_spawn_file_actions_addclosefrom_np(
+            fa: *mut libc::posix_spawn_file_actions_t,
+            from: c_int,
+        ) -> c_int;
+    }
+
     #[test]
-    fn dup2_actions_are_read_from_glibcs_layout() {
+    fn file_actions_are_read_from_glibcs_layout() {
         // SAFETY: an all-zero posix_spawn_file_actions_t is a valid value to initialise.
         let mut fa: libc::posix_spawn_file_actions_t = unsafe { std::mem::zeroed() };
         // SAFETY: fa is ours; glibc's own functions fill it.
@@ -326,9 +347,16 @@ mod tests {
             libc::posix_spawn_file_actions_addclose(&mut fa, 3);
             libc::posix_spawn_file_actions_adddup2(&mut fa, 5, 9);
             libc::posix_spawn_file_actions_addopen(&mut fa, 7, c"/nonexistent".as_ptr(), 0, 0);
-            assert!(dup2_source(&fa, 5));
-            assert!(!dup2_source(&fa, 9) && !dup2_source(&fa, 3) && !dup2_source(&fa, 7));
-            assert!(!dup2_source(std::ptr::null(), 5));
+            posix_spawn_file_actions_addclosefrom_np(&mut fa, 20);
+            libc::posix_spawn_file_actions_adddup2(&mut fa, 25, 26);
+            assert_eq!(spawn_fate(&fa, 5), Some(true), "dup2 source");
+            // A dup2 source counts wherever it comes (one bind too many is harmless).
+            assert_eq!(spawn_fate(&fa, 25), Some(true));
+            assert_eq!(spawn_fate(&fa, 3), Some(false), "closed");
+            assert_eq!(spawn_fate(&fa, 21), Some(false), "closefrom(20)");
+            assert_eq!(spawn_fate(&fa, 9), None);
+            assert_eq!(spawn_fate(&fa, 7), None);
+            assert_eq!(spawn_fate(std::ptr::null(), 5), None);
             libc::posix_spawn_file_actions_destroy(&mut fa);
         }
         assert_eq!(std::mem::size_of::<SpawnAction>(), 32);
