@@ -120,8 +120,11 @@ impl Place<'_> {
             let local = SocketAddr::new(slice.ip, port);
             stats::bump(C::lookups);
             // A failed look-up (no netlink?) leaves the decision to the kernel's connect.
-            let state = holder::tcp_state(self.target.fd, local, self.dst).unwrap_or(None);
+            let looked = holder::tcp_state(self.target.fd, local, self.dst);
+            let state = looked.unwrap_or(None);
             let h = holder::classify(state, self.how.tw_reusable);
+            // Seen free just now: no socket (or only a TIME_WAIT one this connect takes over).
+            let seen_free = looked.is_ok() && h == Holder::Free;
             if h == Holder::Closing {
                 self.closing += 1;
             }
@@ -146,7 +149,8 @@ impl Place<'_> {
                 Bind::Stop(p) => return self.target.done(p),
             }
             // A 4-tuple that a forwarded flow holds in conntrack would be NATed out of the slice.
-            match conntrack::reserve(libc::IPPROTO_TCP, local, self.dst) {
+            let reserve = if seen_free { conntrack::reserve_free } else { conntrack::reserve };
+            match reserve(libc::IPPROTO_TCP, local, self.dst) {
                 Ok(r) => self.ct = r,
                 Err(conntrack::Held) => {
                     if let Err(p) = self.target.fresh() {

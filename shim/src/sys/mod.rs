@@ -3,6 +3,7 @@ pub mod addr;
 pub mod conntrack;
 pub mod diag;
 pub mod holder;
+pub mod netlink;
 pub mod options;
 pub mod ownfd;
 pub mod pid;
