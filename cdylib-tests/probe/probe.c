@@ -1071,6 +1071,8 @@ static void s_exec_cloexec(void) {
     int b = tcp(AF_INET);
     bind4(b, "0.0.0.0", 0);
     unsigned long long c0 = cookie_of(a);
+    int c = tcp(AF_INET); /* kept by the exec too, unused by the child */
+    bind4(c, "0.0.0.0", 0);
     exec_child(b);
     /* What the kernel holds, past the shim's getsockname (which would carry a deferred bind
      * out): `a` has no port yet, `b` has one. */
@@ -1080,6 +1082,10 @@ static void s_exec_cloexec(void) {
     say("same socket across connect = %d", cookie_of(a) == c0);
     LOCAL(a);
     echo(a);
+    /* `c` was bound for the exec by the child's side (another process): its flow from here */
+    connect4(c, SERVER4, ECHO);
+    LOCAL(c);
+    echo(c);
 }
 
 static void s_system_popen(void) {
