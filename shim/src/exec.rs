@@ -10,7 +10,7 @@
 //!   read the kernel's.
 //!
 //! So right before an exec, every socket that survives it (no FD_CLOEXEC, or the source of a
-//! `posix_spawn` dup2 action) gets its deferred bind carried out — with a port of the slices,
+//! `posix_spawn` dup2 action) gets its deferred bind carried out — the slice IP and a port,
 //! since the new program's shim leaves a bound port alone (`bind::materialize_for_exec`) — and
 //! the program's option values back (`socket::BeforeExec`). A close-on-exec socket is
 //! left alone: this process may still place it. `posix_spawn`, `system` and `popen` do it in the

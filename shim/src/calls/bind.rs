@@ -51,13 +51,17 @@ pub fn materialize(fd: c_int, ino: u64, family: c_int) -> Result<(), c_int> {
 }
 
 /// Before an exec that the socket survives (`exec.rs`): carry out its deferred bind, so that
-/// the new program sees a port — one of the slices. The new program's shim has no record of the
-/// socket and leaves a bound port alone as the program's own, so a port the kernel picked (what
-/// `materialize` gives a wildcard bind) would send the new program's flows from outside the
-/// slice. bind(SLICE_IP, 0) gets a port of that IP's slices, as in `materialize`; bind(wildcard,
-/// 0) keeps the wildcard address (what the kernel shows) with a free port of the slices of its
-/// family, owned (SO_REUSEADDR off while binding). With every such port taken it stays
-/// deferred: the new program sees port 0, and its shim places the flow.
+/// the new program sees a port — one of the slices, on the slice's IP. The new program's shim
+/// has no record of the socket and leaves a bound socket alone as the program's own, and so does
+/// this process once it finds the socket bound (a fork child may have done this): a port the
+/// kernel picked, or a slice port on the wildcard address (its flows would leave from the
+/// route's source address, not necessarily the slice IP), would send their flows from outside
+/// the slice. So bind(SLICE_IP, 0) gets a port of that IP's slices, as in `materialize`, and
+/// bind(wildcard, 0) gets SLICE_IP and a free port of a slice of its family (an AF_INET6 socket:
+/// any slice, v4-mapped), owned (SO_REUSEADDR off while binding): the new program's getsockname
+/// shows the slice IP where the kernel would show the wildcard (a row of the README's table).
+/// With every such port taken it stays deferred: the new program sees port 0, and its shim
+/// places the flow.
 pub fn materialize_for_exec(fd: c_int, ino: u64) {
     let Some((family, local)) = addr::local(fd) else { return };
     if local.port() != 0 || !local.ip().is_unspecified() {
@@ -65,18 +69,9 @@ pub fn materialize_for_exec(fd: c_int, ino: u64) {
         return;
     }
     let Some(Mode::Active(active)) = mode() else { return };
-    let any: std::net::IpAddr = if family == libc::AF_INET6 {
-        std::net::Ipv6Addr::UNSPECIFIED.into()
-    } else {
-        std::net::Ipv4Addr::UNSPECIFIED.into()
-    };
-    // An AF_INET6 wildcard socket is dual-stack: a port of any slice will do.
-    for s in active.cfg.slices.iter().filter(|s| family == libc::AF_INET6 || s.ip.is_ipv4()) {
-        let wild = crate::config::Slice { ip: any, ..*s };
-        if bind_slice_port(fd, family, std::iter::once(&wild), &active.reserved).is_ok() {
-            socket::go(fd, ino, State::bound_in_slice);
-            return;
-        }
+    let slices = active.cfg.slices.iter().filter(|s| family == libc::AF_INET6 || s.ip.is_ipv4());
+    if bind_slice_port(fd, family, slices, &active.reserved).is_ok() {
+        socket::go(fd, ino, State::bound_in_slice);
     }
 }
 

@@ -245,7 +245,7 @@ fn outgoing(fd: c_int, dst: SocketAddr, call: Call, nested: bool) -> Next {
                 Decision::Place { .. } if nested => refuse_nested(exhausted),
                 Decision::Place { v6, pinned } => place_tcp(flow(v6, pinned)),
                 Decision::Leave(why) => {
-                    leave(why, sock.local, dst, nested);
+                    leave(why, active, sock.local, dst, nested);
                     left();
                     if deferred {
                         let _ = materialize(fd, ino, sock.family);
@@ -261,7 +261,7 @@ fn outgoing(fd: c_int, dst: SocketAddr, call: Call, nested: bool) -> Next {
                 Decision::Place { .. } if nested => refuse_nested(exhausted),
                 Decision::Place { v6, pinned } => place_udp(flow(v6, pinned), Call::FirstSend),
                 Decision::Leave(why) => {
-                    leave(why, sock.local, dst, nested);
+                    leave(why, active, sock.local, dst, nested);
                     if deferred {
                         let _ = materialize(fd, ino, sock.family);
                     }
@@ -270,7 +270,7 @@ fn outgoing(fd: c_int, dst: SocketAddr, call: Call, nested: bool) -> Next {
             }
         }
         Decision::Leave(why) => {
-            leave(why, sock.local, dst, nested);
+            leave(why, active, sock.local, dst, nested);
             left();
             if deferred {
                 let _ = materialize(fd, ino, sock.family);
@@ -289,7 +289,7 @@ fn outgoing(fd: c_int, dst: SocketAddr, call: Call, nested: bool) -> Next {
     }
 }
 
-fn leave(why: Leave, local: SocketAddr, dst: SocketAddr, nested: bool) {
+fn leave(why: Leave, active: &Active, local: SocketAddr, dst: SocketAddr, nested: bool) {
     match why {
         Leave::Skipped => stats::bump(C::skipped_dest),
         Leave::BadDestination => stats::bump(C::passed_through),
@@ -302,7 +302,11 @@ fn leave(why: Leave, local: SocketAddr, dst: SocketAddr, nested: bool) {
         Leave::BoundByProgram => {
             stats::bump(C::bound_by_program);
             static ONCE: AtomicBool = AtomicBool::new(false);
-            if !nested {
+            // A port of a slice (the program's bind(SLICE_IP, port), or a socket bound before an
+            // exec by the shim of the program that started this one): in the slice, nothing to say.
+            let ip = crate::config::canonical(local.ip());
+            let in_slice = active.cfg.slices.iter().any(|s| s.ip == ip && s.contains_port(local.port()));
+            if !nested && !in_slice {
                 warn_once(&ONCE, || {
                     format!(
                         "the program bound a socket to {local} itself; its flows (to {dst} and others) \
