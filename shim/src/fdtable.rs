@@ -244,10 +244,11 @@ pub fn modify(fd: c_int, ino: u64, f: impl Fn(u64) -> u64) {
 }
 
 /// Replace the lifecycle word of whatever socket `fd`'s entry describes by `f(word)`, with no
-/// identity check (atomics only; nothing happens when the entry is empty).
+/// identity check (atomics only; nothing happens when the entry is empty, and no write when
+/// `f` changes nothing: a dup of a socket already touched costs loads only).
 pub fn modify_unchecked(fd: c_int, f: impl Fn(u64) -> u64) {
     if let Some(e) = slot(fd, false).filter(|e| e.ino.load(Relaxed) != 0) {
-        let _ = e.state.fetch_update(Relaxed, Relaxed, |w| Some(f(w)));
+        let _ = e.state.fetch_update(Relaxed, Relaxed, |w| (f(w) != w).then(|| f(w)));
     }
 }
 
@@ -330,12 +331,42 @@ pub fn each(mut f: impl FnMut(c_int, u64, u64)) {
 }
 
 /// `to` now refers to the same socket as `from` (dup): copy the entry, or clear `to`.
+#[cfg(test)]
 pub fn copy(from: c_int, to: c_int) {
+    copy_with(from, to, |w| w)
+}
+
+/// A dup of `from` into `to` (the hooks' bookkeeping, one look-up of `from`): nothing when
+/// `from` has no entry at all. Else the lifecycle word of `from` becomes `f(word)` (written
+/// only when it changes), and `to` gets a copy of the entry with that word — unless the word
+/// is not `worth` a copy and no option is recorded: then `to` is only cleared (the dup's calls
+/// look at the socket; a copy costs more stores than the dup is worth).
+#[inline]
+pub fn duped(from: c_int, to: c_int, f: impl Fn(u64) -> u64, worth: impl Fn(u64) -> bool) {
+    let Some(src) = slot(from, false) else { return };
+    if src.ino.load(Relaxed) == 0 && src.ep_fd.load(Relaxed) == 0 {
+        return;
+    }
+    let _ = src.state.fetch_update(Relaxed, Relaxed, |w| (f(w) != w).then(|| f(w)));
+    let bare = !worth(src.state.load(Relaxed))
+        && src.range.load(Relaxed) == 0
+        && src.opts.load(Relaxed) == 0
+        && src.unknown.load(Relaxed) == 0
+        // Extra options fill the slots in order: the first one empty means all are.
+        && src.extra[0].load(Relaxed) == 0;
+    if bare {
+        clear(to);
+    } else {
+        copy_with(from, to, f)
+    }
+}
+
+fn copy_with(from: c_int, to: c_int, f: impl Fn(u64) -> u64) {
     match slot(from, false) {
         Some(src) if src.ino.load(Relaxed) != 0 => {
             if let Some(dst) = slot(to, true) {
                 dst.ino.store(0, Relaxed);
-                dst.state.store(src.state.load(Relaxed), Relaxed);
+                dst.state.store(f(src.state.load(Relaxed)), Relaxed);
                 dst.range.store(src.range.load(Relaxed), Relaxed);
                 dst.opts.store(src.opts.load(Relaxed), Relaxed);
                 dst.unknown.store(src.unknown.load(Relaxed), Relaxed);
@@ -413,6 +444,28 @@ mod tests {
         epoll_record(5002, 9, Some((1, 2)));
         clear(5002);
         assert_eq!(epoll_of(5002), None);
+    }
+
+    #[test]
+    fn duped_changes_the_source_and_copies_only_what_is_worth_it() {
+        let (f, worth) = (|w: u64| w & !0b100, |w: u64| w & 0b1000 != 0);
+        // Nothing recorded at all: nothing happens, `to` keeps what it had.
+        modify(5101, 9, |_| 0b1000);
+        duped(5100, 5101, f, worth);
+        assert_eq!(word(5101, 9), 0b1000);
+        // A word worth a copy: both numbers get f(word).
+        modify(5100, 7, |_| 0b1100);
+        duped(5100, 5101, f, worth);
+        assert_eq!((word(5100, 7), word(5101, 7)), (0b1000, 0b1000));
+        // A bare word (not worth it, no option recorded): `from` changed, `to` only cleared.
+        modify(5102, 8, |_| 0b0110);
+        duped(5102, 5101, f, worth);
+        assert_eq!(word(5102, 8), 0b0010);
+        assert!(!occupied(5101), "cleared, not copied");
+        // The same word with an option recorded: copied.
+        record_opt(5102, 8, Some(2), 0, 0, false);
+        duped(5102, 5101, f, worth);
+        assert_eq!((word(5101, 8), opts(5101, 8).0), (0b0010, 1 << 2));
     }
 
     #[test]

@@ -241,9 +241,14 @@ fn born(fd: c_int) -> c_int {
 /// Calls on one number are not seen in the other's entry, so neither is known unbound any more.
 #[inline(always)]
 fn duped(old: c_int, new: c_int) {
-    if new >= 0 && old != new && crate::fdtable::occupied(old) {
-        crate::socket::go_unchecked(old, crate::socket::State::touched);
-        crate::fdtable::copy(old, new);
+    use crate::socket::State;
+    if new >= 0 && old != new {
+        crate::fdtable::duped(
+            old,
+            new,
+            |w| State::from_word(w).touched().word(),
+            |w| State::from_word(w).worth_a_copy(),
+        );
     }
 }
 

@@ -96,6 +96,11 @@ impl State {
         State(w)
     }
 
+    #[cfg_attr(test, allow(dead_code))]
+    pub const fn word(self) -> u64 {
+        self.0
+    }
+
     pub fn phase(self) -> Phase {
         match self.0 & PHASE_BITS {
             1 => Phase::DeferredBind,
@@ -179,6 +184,14 @@ impl State {
             && self.phase() == Phase::Fresh
             && !self.has(fact::PROG_BOUND | fact::NOT_PROGRAMS))
         .then_some(if self.has(fact::V6) { libc::AF_INET6 } else { libc::AF_INET })
+    }
+
+    /// Does a dup's number need this state (see `fdtable::duped`)? Not when it says no more than
+    /// a TCP birth (protocol and family: a look finds them again); a UDP birth is kept (a port
+    /// its socket holds unbound by the program is the kernel's, which a look cannot tell).
+    pub fn worth_a_copy(self) -> bool {
+        let birth = fact::CREATED_HERE | fact::TCP | fact::V6 | fact::UNTOUCHED;
+        !(self.has(fact::TCP) && self.0 & !birth == 0)
     }
 
     /// The program's own value of a managed option the shim changed (`None`: unchanged, the
@@ -475,6 +488,17 @@ mod tests {
         }
         // Options alone do not bind.
         assert_eq!(v4.program_set(Managed::NoPort, true).untouched_tcp(), Some(libc::AF_INET));
+    }
+
+    #[test]
+    fn a_tcp_birth_alone_is_not_worth_a_copy() {
+        assert!(!State::default().born_tcp(true).worth_a_copy());
+        assert!(!State::default().born_tcp(false).touched().worth_a_copy());
+        assert!(State::default().born_udp().worth_a_copy(), "a UDP birth says whose port it holds");
+        assert!(State::default().born_tcp(false).program_bound().worth_a_copy());
+        assert!(State::default().born_tcp(false).defer_bind().worth_a_copy());
+        assert!(State::default().born_tcp(false).program_set(Managed::ReuseAddr, true).worth_a_copy());
+        assert!(State::default().placed_at(Port::Owned).worth_a_copy());
     }
 
     #[test]
