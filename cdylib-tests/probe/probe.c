@@ -56,6 +56,12 @@
 #ifndef SO_RXQ_OVFL
 #define SO_RXQ_OVFL 40
 #endif
+#ifndef UDP_SEGMENT
+#define UDP_SEGMENT 103
+#endif
+#ifndef IP_RECVFRAGSIZE
+#define IP_RECVFRAGSIZE 25
+#endif
 
 #define CLIENT4 "198.51.100.10"
 #define SERVER4 "203.0.113.1"
@@ -1334,6 +1340,25 @@ static void s_udp_rxq_ovfl_swap(void) {
     opt("SO_RXQ_OVFL", u, SOL_SOCKET, SO_RXQ_OVFL);
 }
 
+static void s_udp_quic_opts_swap(void) {
+    /* issue 9 case 9, "carry every option the kernel lets you read back": five options outside
+     * the first replay table, as a QUIC stack sets them, then a placement on a fresh socket */
+    int u = udp(AF_INET);
+    CALL("setsockopt UDP_GRO", seti(u, IPPROTO_UDP, UDP_GRO, 1));
+    CALL("setsockopt UDP_SEGMENT", seti(u, IPPROTO_UDP, UDP_SEGMENT, 1200));
+    CALL("setsockopt SO_RXQ_OVFL", seti(u, SOL_SOCKET, SO_RXQ_OVFL, 1));
+    CALL("setsockopt IP_RECVORIGDSTADDR", seti(u, IPPROTO_IP, IP_RECVORIGDSTADDR, 1));
+    CALL("setsockopt IP_RECVFRAGSIZE", seti(u, IPPROTO_IP, IP_RECVFRAGSIZE, 1));
+    wildcard_then_name(u);
+    connect4(u, SERVER4, ECHO);
+    echo(u);
+    opt("UDP_GRO", u, IPPROTO_UDP, UDP_GRO);
+    opt("UDP_SEGMENT", u, IPPROTO_UDP, UDP_SEGMENT);
+    opt("SO_RXQ_OVFL", u, SOL_SOCKET, SO_RXQ_OVFL);
+    opt("IP_RECVORIGDSTADDR", u, IPPROTO_IP, IP_RECVORIGDSTADDR);
+    opt("IP_RECVFRAGSIZE", u, IPPROTO_IP, IP_RECVFRAGSIZE);
+}
+
 static void s_udp_v6(void) {
     int u = udp(AF_INET6);
     connect6(u, SERVER6, ECHO);
@@ -1652,6 +1677,7 @@ static const struct scenario SCENARIOS[] = {
     {"exec after connect: the program's own NO_PORT / LOCAL_PORT_RANGE", s_exec_own_options},
     {"exec with a close-on-exec socket after bind(0.0.0.0, 0)", s_exec_cloexec},
     {"system() and popen() after bind(0.0.0.0, 0)", s_system_popen},
+    {"udp placement on a fresh socket with five QUIC options", s_udp_quic_opts_swap},
 };
 #define NSCEN ((int)(sizeof SCENARIOS / sizeof SCENARIOS[0]))
 

@@ -24,6 +24,7 @@ const S: c_int = libc::SOL_SOCKET;
 const T: c_int = libc::IPPROTO_TCP;
 const I: c_int = libc::IPPROTO_IP;
 const V6: c_int = libc::IPPROTO_IPV6;
+const U: c_int = libc::IPPROTO_UDP;
 
 const REPLAY: &[(c_int, c_int, Kind)] = &[
     (S, libc::SO_KEEPALIVE, Kind::Plain),
@@ -89,9 +90,46 @@ const REPLAY: &[(c_int, c_int, Kind)] = &[
     (V6, libc::IPV6_MTU_DISCOVER, Kind::Plain),
     (V6, libc::IPV6_RECVPKTINFO, Kind::Plain),
     (V6, libc::IPV6_DONTFRAG, Kind::Plain),
+    // Beyond the options above, every one the kernel reads back as the bytes setsockopt takes
+    // (what QUIC stacks and busy-polling servers set), so that a swap carries them without
+    // bookkeeping and the setsockopt hook passes them straight through.
+    (S, libc::SO_RXQ_OVFL, Kind::Plain),
+    (S, libc::SO_PEEK_OFF, Kind::Plain),
+    (S, libc::SO_WIFI_STATUS, Kind::Plain),
+    (S, libc::SO_SELECT_ERR_QUEUE, Kind::Plain),
+    (S, 69 /* SO_PREFER_BUSY_POLL */, Kind::Plain),
+    (S, 70 /* SO_BUSY_POLL_BUDGET */, Kind::Plain),
+    (S, 74 /* SO_TXREHASH */, Kind::Plain),
+    (S, 75 /* SO_RCVMARK */, Kind::Plain),
+    (T, libc::TCP_THIN_DUPACK, Kind::Plain),
+    (T, libc::TCP_SAVE_SYN, Kind::Plain),
+    (T, 36 /* TCP_INQ */, Kind::Plain),
+    (T, 37 /* TCP_TX_DELAY */, Kind::Plain),
+    (I, libc::IP_RECVOPTS, Kind::Plain),
+    (I, libc::IP_RETOPTS, Kind::Plain),
+    (I, libc::IP_PASSSEC, Kind::Plain),
+    (I, libc::IP_RECVORIGDSTADDR, Kind::Plain),
+    (I, 21 /* IP_MINTTL */, Kind::Plain),
+    (I, 22 /* IP_NODEFRAG */, Kind::Plain),
+    (I, 23 /* IP_CHECKSUM */, Kind::Plain),
+    (I, 25 /* IP_RECVFRAGSIZE */, Kind::Plain),
+    (I, 26 /* IP_RECVERR_RFC4884 */, Kind::Plain),
+    (I, 49 /* IP_MULTICAST_ALL */, Kind::Plain),
+    (V6, libc::IPV6_RECVHOPLIMIT, Kind::Plain),
+    (V6, libc::IPV6_RECVTCLASS, Kind::Plain),
+    (V6, 29 /* IPV6_MULTICAST_ALL */, Kind::Plain),
+    (V6, 31 /* IPV6_RECVERR_RFC4884 */, Kind::Plain),
+    (V6, 70 /* IPV6_AUTOFLOWLABEL */, Kind::Plain),
+    (V6, 73 /* IPV6_MINHOPCOUNT */, Kind::Plain),
+    (V6, 74 /* IPV6_RECVORIGDSTADDR */, Kind::Plain),
+    (V6, 75 /* IPV6_TRANSPARENT */, Kind::Plain),
+    (V6, 78 /* IPV6_FREEBIND */, Kind::Plain),
+    (U, 1 /* UDP_CORK */, Kind::Plain),
+    (U, 101 /* UDP_NO_CHECK6_TX */, Kind::Plain),
+    (U, 102 /* UDP_NO_CHECK6_RX */, Kind::Plain),
+    (U, 103 /* UDP_SEGMENT */, Kind::Plain),
+    (U, 104 /* UDP_GRO */, Kind::Plain),
 ];
-
-const _: () = assert!(REPLAY.len() <= 64, "one bit per option in a u64");
 
 /// The replayable option names of `level`, as bits of a u128 (every name in the table is < 128).
 const fn mask(level: c_int) -> u128 {
@@ -110,6 +148,7 @@ const MASK_S: u128 = mask(S);
 const MASK_T: u128 = mask(T);
 const MASK_I: u128 = mask(I);
 const MASK_V6: u128 = mask(V6);
+const MASK_U: u128 = mask(U);
 
 /// Whether a swap carries this option over by reading it back (no bookkeeping needed).
 #[inline(always)]
@@ -119,6 +158,7 @@ pub fn replayable(level: c_int, name: c_int) -> bool {
         T => MASK_T,
         I => MASK_I,
         V6 => MASK_V6,
+        U => MASK_U,
         _ => return false,
     };
     (0..128).contains(&name) && m & (1u128 << name) != 0
@@ -197,8 +237,10 @@ pub fn replay_bytes(old: c_int, new: c_int, which: &[Option<(c_int, c_int)>]) ->
 }
 
 /// The bit of an option in the replay table.
+/// (Only the first 64 have one: the others pass the setsockopt hook straight through, as every
+/// replayable option does, and are never recorded.)
 pub fn bit(level: c_int, name: c_int) -> Option<u32> {
-    REPLAY.iter().position(|&(l, n, _)| l == level && n == name).map(|i| i as u32)
+    REPLAY.iter().position(|&(l, n, _)| l == level && n == name).filter(|&i| i < 64).map(|i| i as u32)
 }
 
 /// A readable name for an option, for log lines.
@@ -266,6 +308,36 @@ pub fn replay(old: c_int, new: c_int, _recorded: u64) -> Result<(), (c_int, c_in
 mod tests {
     use super::*;
     use crate::sys::addr::{get_int, set_u32};
+
+    /// What QUIC stacks and busy-polling servers set, read back and carried over by a swap
+    /// (more than the four a socket could carry as recorded bytes before).
+    #[test]
+    fn replays_udp_and_receive_options() {
+        // SAFETY: sockets created and closed by this test; options set with valid ints.
+        unsafe {
+            let old = libc::socket(libc::AF_INET, libc::SOCK_DGRAM, 0);
+            let new = libc::socket(libc::AF_INET, libc::SOCK_DGRAM, 0);
+            let set = [
+                (U, 104, 1),    // UDP_GRO
+                (U, 103, 1200), // UDP_SEGMENT
+                (S, libc::SO_RXQ_OVFL, 1),
+                (I, libc::IP_RECVORIGDSTADDR, 1),
+                (I, 25, 1), // IP_RECVFRAGSIZE
+                (I, 49, 0), // IP_MULTICAST_ALL (default 1)
+                (S, 69, 1), // SO_PREFER_BUSY_POLL
+            ];
+            for (l, n, v) in set {
+                set_u32(old, l, n, v).unwrap();
+                assert!(replayable(l, n), "({l}, {n}) passes the hook straight through");
+            }
+            replay(old, new, 0).unwrap();
+            for (l, n, v) in set {
+                assert_eq!(get_int(new, l, n), Some(v as i32), "({l}, {n}) carried over");
+            }
+            libc::close(old);
+            libc::close(new);
+        }
+    }
 
     #[test]
     fn replays_values_not_defaults() {
