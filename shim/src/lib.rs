@@ -22,6 +22,9 @@ mod stats;
 mod strategy;
 mod sys;
 
+#[cfg(test)]
+mod testns;
+
 #[cfg(not(test))]
 mod dl;
 #[cfg(not(test))]
