@@ -16,6 +16,7 @@ pub mod kernel;
 pub mod order;
 pub mod refusal;
 pub mod retry;
+pub mod seen;
 pub mod wait;
 
 use crate::config::{Config, Slice};

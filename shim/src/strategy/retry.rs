@@ -15,7 +15,7 @@
 //! A blocking connect that found every slice full only because of closing tuples searches
 //! again, for a bounded time ([`wait`]); a non-blocking one gets EADDRNOTAVAIL at once.
 
-use super::{order::Permutation, wait, Bind, Cursor, Placed, Step, Target};
+use super::{order::Permutation, seen::Seen, wait, Bind, Cursor, Placed, Step, Target};
 use crate::config::{Config, Slice};
 use crate::stats::{self, C};
 use crate::sys::conntrack;
@@ -59,6 +59,12 @@ pub struct Place<'r> {
     wait: wait::Wait,
     /// The conntrack reservation of the attempt in flight.
     ct: conntrack::Reservation,
+    /// With the pre-check: the ports of this slice recently found held (skipped without a
+    /// look-up while `remember`); a pass that skipped some (`skipped`) and found nothing free
+    /// is done again for real before the search gives up or waits.
+    seen: Option<Seen>,
+    remember: bool,
+    skipped: bool,
 }
 
 impl<'r> Retry<'r> {
@@ -79,6 +85,9 @@ impl<'r> Retry<'r> {
             full: 0,
             wait: wait::Wait::new(wait::blocking(target.fd)),
             ct: conntrack::Reservation::NONE,
+            seen: None,
+            remember: true,
+            skipped: false,
         }
     }
 }
@@ -91,9 +100,26 @@ impl Place<'_> {
             let (slice, mut perm) = match self.slice {
                 Some(s) => s,
                 None => match self.slices.next(cfg) {
-                    Some(s) => (s, Permutation::new(s.size())),
+                    Some(s) => {
+                        self.seen = self.how.precheck.then(|| Seen::open(&s, self.dst));
+                        if !self.remember {
+                            self.seen.inspect(Seen::forget);
+                        }
+                        (s, Permutation::new(s.size()))
+                    }
                     None => {
                         // A pass over every slice found nothing free.
+                        if self.skipped {
+                            // It skipped ports remembered as held: every port is looked up
+                            // for real before the slices are declared full.
+                            self.skipped = false;
+                            self.remember = false;
+                            self.slices = self.first;
+                            self.not_local = None;
+                            self.closing = 0;
+                            self.full = 0;
+                            continue;
+                        }
                         if self.closing == 0 || !self.wait.again() {
                             let _ = LAST_CLOSING.try_with(|c| c.set(self.closing));
                             stats::add(C::exhausted, self.full);
@@ -117,6 +143,10 @@ impl Place<'_> {
             if self.how.reserved.contains(port) {
                 continue;
             }
+            if self.remember && self.seen.is_some_and(|m| m.held(i)) {
+                self.skipped = true;
+                continue;
+            }
             let local = SocketAddr::new(slice.ip, port);
             stats::bump(C::lookups);
             // A failed look-up (no netlink?) leaves the decision to the kernel's connect.
@@ -136,6 +166,7 @@ impl Place<'_> {
                 if self.how.precheck { h == Holder::Free } else { !holder::unsafe_to_try(state) && !tw_held };
             if !attempt_it {
                 stats::bump(C::conflicts);
+                self.seen.inspect(|m| m.mark(i));
                 continue;
             }
             match self.target.bind_shared(local) {
@@ -153,6 +184,7 @@ impl Place<'_> {
             match reserve(libc::IPPROTO_TCP, local, self.dst) {
                 Ok(r) => self.ct = r,
                 Err(conntrack::Held) => {
+                    self.seen.inspect(|m| m.mark(i));
                     if let Err(p) = self.target.fresh() {
                         return self.target.done(p);
                     }
@@ -291,5 +323,54 @@ mod tests {
         }
         assert!(swapped, "in 20 tries the random order never tried the held port first");
         unsafe { libc::close(first) };
+    }
+
+    #[test]
+    fn ports_remembered_as_held_are_looked_up_again_before_the_slice_is_declared_full() {
+        // Ports 59944-59947.
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        let dst = l.local_addr().unwrap();
+        let slice = Slice { ip: "127.0.0.2".parse().unwrap(), lo: 59944, hi: 59947 };
+        let none = Reserved::none();
+        let mut held = Vec::new();
+        for _ in 0..4 {
+            // SAFETY: a plain socket() call; the test closes it.
+            let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_STREAM, 0) };
+            let p = place(fd, slice, dst, true, &none);
+            assert!(matches!(p, Placed::Ok { ret: 0, .. }), "{p:?}");
+            held.push(fd);
+        }
+        // Full: every port looked up and found held (and remembered so).
+        // SAFETY: a plain socket() call; closed right after.
+        let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_STREAM, 0) };
+        assert_eq!(place(fd, slice, dst, true, &none), Placed::Exhausted);
+        // SAFETY: the test's own socket.
+        unsafe { libc::close(fd) };
+        // One is freed (closed with RST): still remembered as held, but free.
+        let (_, freed) = addr::local(held[0]).unwrap();
+        let linger = libc::linger { l_onoff: 1, l_linger: 0 };
+        // SAFETY: the test's own socket; linger is a valid struct of 8 bytes.
+        unsafe {
+            libc::setsockopt(
+                held[0],
+                libc::SOL_SOCKET,
+                libc::SO_LINGER,
+                (&linger as *const libc::linger).cast(),
+                8,
+            );
+            libc::close(held[0]);
+        }
+        // The pass that skipped the remembered ports found nothing, so it looked them up again.
+        // SAFETY: a plain socket() call; the test closes it.
+        let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_STREAM, 0) };
+        match place(fd, slice, dst, true, &none) {
+            Placed::Ok { ret: 0, local, .. } => assert_eq!(local, freed),
+            other => panic!("the freed port was not found: {other:?}"),
+        }
+        held[0] = fd;
+        for fd in held {
+            // SAFETY: the test's own sockets.
+            unsafe { libc::close(fd) };
+        }
     }
 }
