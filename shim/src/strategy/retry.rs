@@ -83,7 +83,7 @@ impl<'r> Retry<'r> {
             not_local: None,
             closing: 0,
             full: 0,
-            wait: wait::Wait::new(wait::blocking(target.fd)),
+            wait: wait::Wait::on(target.fd),
             ct: conntrack::Reservation::NONE,
             seen: None,
             remember: true,

@@ -52,15 +52,30 @@ pub struct Wait {
     start: Option<u64>,
     step: u64,
     pub waited: bool,
+    /// The program's fd, whose O_NONBLOCK is asked only when a wait is due (-1: asked).
+    fd: libc::c_int,
 }
 
 impl Wait {
+    #[cfg(test)]
     pub fn new(blocking: bool) -> Wait {
-        Wait { start: blocking.then(now_ms), step: 1, waited: false }
+        Wait { start: blocking.then(now_ms), step: 1, waited: false, fd: -1 }
+    }
+
+    /// The wait of a connect on the program's `fd`, from now: whether the socket is blocking is
+    /// asked (an fcntl) only if the search ever finds its slices full, not on every connect.
+    pub fn on(fd: libc::c_int) -> Wait {
+        Wait { start: Some(now_ms()), step: 1, waited: false, fd }
     }
 
     /// Sleep one step and say `true`, if the bound allows; `false` when it is time to give up.
     pub fn again(&mut self) -> bool {
+        if self.fd >= 0 {
+            if !blocking(self.fd) {
+                self.start = None;
+            }
+            self.fd = -1;
+        }
         match self.next_step(now_ms()) {
             Some(ms) => {
                 sleep_ms(ms);
@@ -92,7 +107,7 @@ mod tests {
     /// The steps `Wait` takes when each sleep of `ms` lasts `f(ms)` on a fake clock: (steps,
     /// time spent in all).
     fn schedule(f: impl Fn(u64) -> u64) -> (Vec<u64>, u64) {
-        let mut w = Wait { start: Some(1000), step: 1, waited: false };
+        let mut w = Wait { start: Some(1000), step: 1, waited: false, fd: -1 };
         let (mut now, mut steps) = (1000, Vec::new());
         while let Some(ms) = w.next_step(now) {
             steps.push(ms);
@@ -146,5 +161,20 @@ mod tests {
         assert!(blocking(s.as_raw_fd()));
         s.set_nonblocking(true).unwrap();
         assert!(!blocking(s.as_raw_fd()));
+    }
+
+    #[test]
+    fn a_wait_on_an_fd_asks_o_nonblock_only_when_due() {
+        let s = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        use std::os::fd::AsRawFd;
+        s.set_nonblocking(true).unwrap();
+        let mut w = Wait::on(s.as_raw_fd());
+        assert!(w.start.is_some(), "not asked yet");
+        assert!(!w.again(), "non-blocking: never waits");
+        assert!(w.start.is_none() && !w.waited);
+        s.set_nonblocking(false).unwrap();
+        let mut w = Wait::on(s.as_raw_fd());
+        assert!(w.again(), "blocking: waits");
+        assert!(w.waited);
     }
 }
