@@ -355,9 +355,11 @@ fn without_af_netlink_flows_are_still_placed() {
 }
 
 /// sock_diag goes away while the program runs (the program installs a filter denying AF_NETLINK
-/// after the shim started with it): the UDP connect that finds it gone fails with EADDRNOTAVAIL
-/// and its socket holds no slice port (it was bound to one for the check); one line says
-/// sock_diag is unavailable; the next connects are placed without it.
+/// after the shim started with it): on a slice crowded by the program's own sockets (no port for
+/// an exclusive bind, so the connect goes on to the cookie check), the UDP connect that finds it
+/// gone fails with EADDRNOTAVAIL and its socket holds no slice port (it was bound to one for the
+/// check); one line says sock_diag is unavailable; once ports are free again, the next connects
+/// are placed without it.
 #[test]
 fn af_netlink_denied_after_start_leaves_no_slice_port_held() {
     require_netns!();
@@ -370,8 +372,9 @@ fn af_netlink_denied_after_start_leaves_no_slice_port_held() {
         for run in runs() {
             let c = ctx(run);
             let udp = UdpRecorder::start(PEER_IP);
-            let out =
-                configure(Run::new(&prog), run, lo, hi).args([PEER_IP, &udp.addr.port().to_string()]).run();
+            let out = configure(Run::new(&prog), run, lo, hi)
+                .args([PEER_IP, &udp.addr.port().to_string(), CLIENT_IP, &lo.to_string(), &hi.to_string()])
+                .run();
             out.assert_success();
             let lines: Vec<Vec<i64>> = out
                 .fields("udp")

@@ -182,17 +182,20 @@ fn dns_nxdomain(q: &[u8]) -> Option<Vec<u8>> {
 /// saw equal to the socket's getsockname(). Unread datagrams left afterwards count as `extra`.
 /// Prints `ok N`, `good N`, `wrong N`, `lost N`, `extra N` (and a `WRONG`/`LOST`/`EXTRA` line
 /// per problem).
+/// `--bind-any`: each socket is first bound to the wildcard address, port 0 (the program's own
+/// `bind(0.0.0.0 / ::, 0)`, which the shim defers to the connect or send).
 /// `--barrier DIR`: create `DIR/ready.<pid>`, wait for `DIR/go` (a wall-clock time), spin until
 /// then, and only then open the sockets. `--hold DIR N`: after the rounds, create
 /// `DIR/done.<pid>` and keep the sockets open until N `done.*` files exist (then drain again).
 const PY_UDP: &str = r#"
 import os, socket, sys, time
 args = sys.argv[1:]
-rounds, unconnected, barrier, hold = 3, False, None, None
+rounds, unconnected, barrier, hold, bind_any = 3, False, None, None, False
 while args and args[0].startswith("--"):
     o = args.pop(0)
     if o == "--rounds": rounds = int(args.pop(0))
     elif o == "--unconnected": unconnected = True
+    elif o == "--bind-any": bind_any = True
     elif o == "--barrier": barrier = args.pop(0)
     elif o == "--hold": hold = (args.pop(0), int(args.pop(0)))
     else: raise SystemExit("unknown option " + o)
@@ -227,6 +230,8 @@ results, socks = [], []
 for i, (host, port) in enumerate(plan):
     s = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_DGRAM)
     try:
+        if bind_any:
+            s.bind(("::" if ":" in host else "0.0.0.0", 0))
         if unconnected:
             s.sendto(tok(i, 0).encode(), (host, port))
         else:
@@ -1400,4 +1405,176 @@ print("holder_xchg", xchg(holder, "h"))
     // What server 2 saw: the holder and the one mover, from distinct slice ports.
     let seen: BTreeSet<u16> = servers[1].wait_sources(2).iter().map(|s| s.port()).collect();
     assert_eq!(seen, ports_of(lo, hi), "{}", out.dump());
+}
+
+// ---------------------------------------------------------------------------------------------
+// 9. Exclusive first (issue 11): no look-up while the slice has free ports
+// ---------------------------------------------------------------------------------------------
+
+/// The sum of counter `key` over the stats lines (one per process) in `path`.
+fn stat_total(path: &Path, key: &str) -> i64 {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let lines: Vec<&str> = text.lines().collect();
+    assert!(!lines.is_empty(), "no stats line in {}", path.display());
+    lines.iter().map(|l| json_number(l, key).unwrap_or_else(|| panic!("no `{key}` counter in {l}"))).sum()
+}
+
+/// Which sockets (`t<pid>.<i>`, from the tokens) each source address sent from, per server: a
+/// source used by two sockets is a shared 4-tuple (one of them gets the other's replies).
+fn sockets_by_source(server: &UdpEcho) -> std::collections::BTreeMap<SocketAddr, BTreeSet<String>> {
+    let mut by = std::collections::BTreeMap::<SocketAddr, BTreeSet<String>>::new();
+    for (src, payload) in server.datagrams() {
+        let tok = String::from_utf8_lossy(&payload).into_owned();
+        let sock = tok.rsplit_once('.').map_or(tok.clone(), |(s, _)| s.to_string());
+        by.entry(src).or_default().insert(sock);
+    }
+    by
+}
+
+/// Issue 11: on a slice with free ports a UDP connect takes a port no other socket holds (an
+/// exclusive bind: SO_REUSEADDR off, so the bind itself proves nobody else has the port) and
+/// needs no sock_diag look-up at all — IPv4, IPv6 and v4-mapped sockets, with and without the
+/// program's own `bind(wildcard, 0)` first. Every reply reaches the socket that asked. (Before:
+/// two look-ups per connect.)
+#[test]
+fn a_free_slice_needs_no_lookup() {
+    require_netns!();
+    in_private_netns(|| {
+        sh(&["ip", "link", "set", "lo", "up"]);
+        let (lo4, hi4) = slice_ports(512);
+        let (lo6, hi6) = slice_ports(512);
+        let spec = format!("{},{}", slice_spec(SLICE_IP, lo4, hi4), slice_spec("::1", lo6, hi6));
+        for bind_any in [false, true] {
+            let ctx = if bind_any { "bind(wildcard, 0) first" } else { "socket, connect" };
+            let s4 = UdpEcho::echo("127.0.0.1");
+            let s6 = UdpEcho::echo("::1");
+            let dir = TempDir::new("udp-free");
+            let stats = dir.path().join("stats");
+            let mut args: Vec<String> = Vec::new();
+            if bind_any {
+                args.push("--bind-any".into());
+            }
+            args.extend(["127.0.0.1".into(), s4.port().to_string(), "10".into()]);
+            args.extend(["::ffff:127.0.0.1".into(), s4.port().to_string(), "10".into()]);
+            args.extend(["::1".into(), s6.port().to_string(), "10".into()]);
+            let out = Run::python(PY_UDP).args(&args).slice(&spec).env("PORTRANGE_STATS", &stats).run();
+            out.assert_success();
+            let lines = sock_lines(&out);
+            assert_eq!(lines.len(), 30, "[{ctx}]\n{}", out.dump());
+            for l in &lines {
+                let local =
+                    l.result.unwrap_or_else(|e| panic!("[{ctx}] to {}: errno {e}\n{}", l.dst, out.dump()));
+                let (ip, lo, hi) =
+                    if l.dst.starts_with("::1 ") { ("::1", lo6, hi6) } else { (SLICE_IP, lo4, hi4) };
+                assert!(
+                    in_slice(local, ip, lo, hi),
+                    "[{ctx}] {local} outside {ip}:{lo}-{hi}\n{}",
+                    out.dump()
+                );
+            }
+            expect_exact_replies(&out, 3, ctx);
+            let src4 = s4.wait_sources(20);
+            assert_eq!(src4.len(), 20, "[{ctx}] {src4:?}\n{}", out.dump());
+            expect_distinct_ports(&src4, ctx, &out);
+            expect_in_slice(&src4, SLICE_IP, lo4, hi4, ctx, &out);
+            let src6 = s6.wait_sources(10);
+            assert_eq!(src6.len(), 10, "[{ctx}] {src6:?}\n{}", out.dump());
+            expect_in_slice(&src6, "::1", lo6, hi6, ctx, &out);
+            assert_eq!(stat_total(&stats, "placed_udp"), 30, "[{ctx}]\n{}", out.dump());
+            assert_eq!(stat_total(&stats, "lookups"), 0, "[{ctx}] sock_diag look-ups\n{}", out.dump());
+            assert_eq!(stat_total(&stats, "udp_checked"), 0, "[{ctx}] cookie checks\n{}", out.dump());
+        }
+    });
+}
+
+/// Issue 11: three processes share a 16-port slice towards two servers at the same moment (12
+/// connected sockets per server, all held until every process is done: 24 sockets on 16 ports,
+/// so at least 8 must share a port with a socket of another peer). The first connects take
+/// ports nobody holds (exclusive binds, no look-up); as the slice fills, exclusive binds find
+/// ports held and the connects go on to the cookie check. Whichever way each was placed, no
+/// source address ever carries two sockets' datagrams to one server (a shared 4-tuple), and
+/// every reply reaches the socket that asked. IPv4, v4-mapped, and the program's own
+/// `bind(wildcard, 0)` first, one process each. (Before: every connect made two look-ups.)
+#[test]
+fn exclusive_and_checked_connects_never_share_a_4_tuple() {
+    require_netns!();
+    in_private_netns(|| {
+        sh(&["ip", "link", "set", "lo", "up"]);
+        for iteration in 0..3 {
+            let ctx = format!("iteration {iteration}");
+            let (lo, hi) = slice_ports(16);
+            let spec = slice_spec(SLICE_IP, lo, hi);
+            let a = UdpEcho::echo("127.0.0.1");
+            let b = UdpEcho::echo("127.0.0.3");
+            let dir = TempDir::new("udp-share");
+            let d = dir.path().to_string_lossy().into_owned();
+            let stats = dir.path().join("stats");
+            let runs: Vec<JoinHandle<Output>> = (0..3)
+                .map(|k| {
+                    let mut args: Vec<String> =
+                        ["--barrier", &d, "--hold", &d, "3"].map(str::to_string).to_vec();
+                    if k == 2 {
+                        args.push("--bind-any".into());
+                    }
+                    let v4 = |ip: &str| if k == 1 { format!("::ffff:{ip}") } else { ip.to_string() };
+                    for _ in 0..2 {
+                        args.extend([v4("127.0.0.1"), a.port().to_string(), "2".into()]);
+                        args.extend([v4("127.0.0.3"), b.port().to_string(), "2".into()]);
+                    }
+                    let (spec, stats) = (spec.clone(), stats.clone());
+                    thread::spawn(move || {
+                        Run::python(PY_UDP)
+                            .args(args)
+                            .slice(&spec)
+                            .env("PORTRANGE_STATS", &stats)
+                            .timeout(Duration::from_secs(60))
+                            .run()
+                    })
+                })
+                .collect();
+            let ready = wait_files(dir.path(), "ready.", 3, Duration::from_secs(30));
+            write_file(dir.path(), "go", &format!("{:.6}", now_secs() + 0.2));
+            let outs: Vec<Output> = runs.into_iter().map(|h| h.join().expect("runner thread")).collect();
+            let dumps = || outs.iter().map(Output::dump).collect::<Vec<_>>().join("\n");
+            assert!(ready, "[{ctx}] the processes never all reached the barrier\n{}", dumps());
+            let mut placed = 0;
+            for out in &outs {
+                out.assert_success();
+                let lines = sock_lines(out);
+                assert_eq!(lines.len(), 8, "[{ctx}]\n{}", out.dump());
+                let (ok, errs) = split(&lines);
+                // 12 sockets per server on 16 ports: a connect finds a port unless, at that
+                // moment, the others are all in another placement's exclusive or locked window.
+                assert!(errs.iter().all(|e| *e == EAGAIN), "[{ctx}] errnos {errs:?}\n{}", dumps());
+                expect_in_slice(&ok, SLICE_IP, lo, hi, &ctx, out);
+                expect_exact_replies(out, 3, &ctx);
+                placed += ok.len();
+            }
+            assert!(placed >= 22, "[{ctx}] only {placed} of 24 placed\n{}", dumps());
+            for server in [&a, &b] {
+                let by = sockets_by_source(server);
+                for (src, socks) in &by {
+                    assert_eq!(
+                        socks.len(),
+                        1,
+                        "[{ctx}] server {} saw sockets {socks:?} all from {src}: a shared 4-tuple\n{}",
+                        server.addr,
+                        dumps()
+                    );
+                }
+                let srcs: Vec<SocketAddr> = by.keys().copied().collect();
+                expect_in_slice(&srcs, SLICE_IP, lo, hi, &ctx, &outs[0]);
+            }
+            let (lookups, checked) = (stat_total(&stats, "lookups"), stat_total(&stats, "udp_checked"));
+            let placed_udp = stat_total(&stats, "placed_udp");
+            assert_eq!(placed_udp, placed as i64, "[{ctx}]\n{}", dumps());
+            assert!(checked >= 1, "[{ctx}] 24 sockets on 16 ports, yet no cookie check\n{}", dumps());
+            assert!(
+                lookups < 2 * placed_udp,
+                "[{ctx}] {lookups} look-ups for {placed_udp} placements: none placed without one\n{}",
+                dumps()
+            );
+            println!("[{ctx}] placed {placed}, cookie checks {checked}, look-ups {lookups}");
+        }
+    });
 }

@@ -2,6 +2,8 @@
 //! program set an option the replay table lacked (QUIC stacks set UDP_GRO: 22 of 40 connects
 //! failed on a 2-port slice with one port in use). Now the 4-tuple is looked up before the
 //! program's own socket is bound (no swap needed), and a swap carries such options anyway.
+//! Both ports are held (one for the peer, one for another peer), so that every connect goes on
+//! from its exclusive binds to the cookie check, the placement this is about.
 
 use cdylib_tests::{json_number, slice_ports, slice_spec, Run, TempDir, SLICE_IP};
 
@@ -19,6 +21,8 @@ fn run(precheck: &str) -> (Vec<String>, i64, String) {
         .run();
     out.assert_success();
     let held = out.expect_addr("held");
+    let other = out.expect_addr("other");
+    assert_ne!(held.port(), other.port(), "the two holders share no port\n{}", out.dump());
     let others: Vec<String> = out.fields("b").iter().map(|s| s.to_string()).collect();
     assert_eq!(others.len(), 40, "{}", out.dump());
     let want = format!("{SLICE_IP} {}", if held.port() == lo { hi } else { lo });
@@ -32,6 +36,8 @@ fn run(precheck: &str) -> (Vec<String>, i64, String) {
     }
     let line = std::fs::read_to_string(&stats).unwrap_or_default();
     let swaps = json_number(&line, "swaps").unwrap_or_else(|| panic!("no swaps counter in {line:?}"));
+    // `a` and `c` got ports nobody held (no cookie check); the 40 connects of `b` found none.
+    assert_eq!(json_number(&line, "udp_checked"), Some(40), "{line}\n{}", out.dump());
     (others, swaps, out.dump())
 }
 

@@ -24,6 +24,9 @@ counters! {
     conflicts,
     // sock_diag look-ups (retry pre-check, UDP cookie check)
     lookups,
+    // UDP connects that went on to the cookie check (their exclusive binds found ports held:
+    // a crowded slice); the others were placed without a look-up
+    udp_checked,
     // a slice (or all slices) had no free port for the destination
     exhausted,
     // blocking connects placed after waiting for 4-tuples in closing states

@@ -27,6 +27,10 @@ pub unsafe fn setsockopt(fd: c_int, level: c_int, name: c_int, val: *const c_voi
     if r != 0 || !matches!(mode(), Some(Mode::Active(_))) {
         return r;
     }
+    if level == libc::SOL_SOCKET && matches!(name, libc::SO_REUSEADDR | libc::SO_REUSEPORT) {
+        // From now on a UDP placement reads both back instead of knowing them off.
+        crate::strategy::exclusive::program_set_reuse();
+    }
     let e0 = errno::get();
     if let Some(ino) = fdtable::ino(fd) {
         if options::managed(level, name) {

@@ -369,23 +369,28 @@ fn place_tcp(f: Flow) -> Next {
     prepare(Plan { fd: f.fd, dst: f.dst, how })
 }
 
-/// UDP: a connect is placed with the cookie check (the port is shared across peers, never a
-/// 4-tuple); a first unconnected send gets a port of its own (it may talk to anyone from it).
+/// UDP: a connect gets a port nobody else holds, shared once connected, or, on a crowded
+/// slice, a port shared with other peers' sockets after the cookie check (`strategy::cookie`);
+/// a first unconnected send gets a port of its own (it may talk to anyone from it).
 fn place_udp(f: Flow, call: Call) -> Next {
     let own_usable = f.local.port() == 0;
+    let was = socket::of(f.fd, f.ino);
     socket::go(f.fd, f.ino, |s| s.shim_set(fact::SHIM_REUSEADDR));
     let mut target = match Target::new(f.fd, f.ino, f.family, own_usable) {
         Ok(t) => t,
         Err(p) => return conclude(f.fd, f.dst, Kind::Udp, p),
     };
     match call {
-        Call::Connect if crate::sys::diag::available() => {
-            let c = Cookie::new(target, f.cursor(), f.dst, &f.active.reserved, f.active.precheck);
+        Call::Connect => {
+            // Born here, and neither the shim nor the program ever set SO_REUSEADDR or
+            // SO_REUSEPORT: both are off, as the kernel made the socket (no syscall to check).
+            let clear = was.has(fact::CREATED_HERE)
+                && !was.has(fact::SHIM_REUSEADDR)
+                && !exclusive::program_reuse_seen();
+            let c = Cookie::new(target, f.cursor(), f.dst, &f.active.reserved, f.active.precheck, clear);
             prepare(Plan { fd: f.fd, dst: f.dst, how: Strat::Cookie(c) })
         }
-        // Without sock_diag (a hardened service) a connect gets a port of its own, as a first
-        // send does: an exclusive bind is race-free without a look-up, but not shared.
-        Call::Connect | Call::FirstSend => {
+        Call::FirstSend => {
             let rotate = f.active.rotate.fetch_add(1, Relaxed);
             let candidates = scope::candidates(&f.active.cfg, f.v6, f.pinned, rotate);
             let p = match exclusive::bind_free(target.cur, f.family, candidates, &f.active.reserved) {
@@ -530,7 +535,7 @@ enum Kind {
     Tcp(Tcp),
     /// The kernel strategy's explicit-bind fallback.
     KernelFallback,
-    /// A cookie-checked connect: the port is shared with other peers' sockets.
+    /// A UDP connect: the port is shared with other peers' sockets (from the connect on).
     UdpShared,
     Udp,
 }

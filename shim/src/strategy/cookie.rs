@@ -1,6 +1,20 @@
-//! UDP connect with the cookie check. The kernel never detects a duplicate UDP 4-tuple, and the
-//! later of two sockets connected to the same peer from the same port silently receives all the
-//! replies (kernel-facts). So, per candidate port (random order, reserved ports skipped):
+//! UDP connect: an exclusive port first, the cookie check when the slice is crowded. The kernel
+//! never detects a duplicate UDP 4-tuple, and the later of two sockets connected to the same peer
+//! from the same port silently receives all the replies (kernel-facts). So a 4-tuple is taken
+//! only where no other socket can hold it:
+//!
+//! **Exclusive first** (no look-up). bind(slice_ip, port) with SO_REUSEADDR=0 and SO_REUSEPORT
+//! off fails (EADDRINUSE) while any socket holds the port — connected or not, shared or not, on
+//! the slice IP or the wildcard, of any process — and once it succeeds no other socket can bind
+//! the port: nobody else holds, or can take, this 4-tuple. Connect, then SO_REUSEADDR=1: only
+//! from then on may other sockets bind the port, towards other peers, and every placement that
+//! does so checks the 4-tuple under the lock below (another exclusive bind cannot succeed at
+//! all). Up to [`EXCLUSIVE_TRIES`] random ports (one, right after a connect that had to fall
+//! back); without sock_diag every port, as the only way (a slice then serves this process at
+//! most its size in concurrent flows).
+//!
+//! **The cookie check** (every port tried exclusively was held), per candidate port (random
+//! order, reserved ports skipped):
 //!
 //! 1. SO_REUSEADDR=1, bind(slice_ip, port) — shares the port with other connected sockets;
 //! 2. read SO_COOKIE, then SO_REUSEADDR=0 — the lock: from now on no other SO_REUSEADDR bind of
@@ -8,6 +22,10 @@
 //! 3. sock_diag lookup of (local, remote): the socket that would receive the peer's datagrams;
 //! 4. connect only if that socket is ours; then SO_REUSEADDR=1 again, so the port keeps serving
 //!    other destinations. Otherwise the port is taken for that peer: next port, fresh socket.
+//!
+//! Either way a 4-tuple a forwarded flow holds in conntrack is skipped (`sys::conntrack`), and
+//! the placed socket ends connected with SO_REUSEADDR=1 (a shared port: a later connect to
+//! another peer, or after AF_UNSPEC, is placed afresh).
 
 use super::{order::Permutation, Bind, Cursor, Placed, Step, Target};
 use crate::config::{Config, Slice};
@@ -16,6 +34,15 @@ use crate::sys::sysctl::Reserved;
 use crate::sys::{addr, conntrack, diag};
 use libc::c_int;
 use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
+
+/// Exclusive binds tried before the cookie check takes over (on a slice with a fraction `f` of
+/// its ports held by anyone, all three fail with probability f³: 0.7 at 90%).
+pub const EXCLUSIVE_TRIES: u32 = 3;
+
+/// The last connect of this process had to fall back to the cookie check: the next one tries a
+/// single exclusive port first (a crowded slice mostly stays crowded; one failed bind is cheap).
+static CROWDED: AtomicBool = AtomicBool::new(false);
 
 /// The interface a socket is bound to (SO_BINDTOIFINDEX; 0 = none): a device-bound conflict is
 /// only visible to a lookup with that index.
@@ -23,15 +50,35 @@ fn ifindex(fd: c_int) -> u32 {
     addr::get_int(fd, libc::SOL_SOCKET, 62 /* SO_BINDTOIFINDEX */).unwrap_or(0) as u32
 }
 
-/// A cookie-checked UDP connect in progress (plain data; see `strategy`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Phase {
+    /// Exclusive binds, with this many more ports to try.
+    Exclusive(u32),
+    /// Shared binds with the cookie check.
+    Checked,
+}
+
+/// A UDP connect being placed (plain data; see `strategy`).
 #[derive(Clone, Copy)]
 pub struct Cookie<'r> {
     pub target: Target,
+    /// The slices from the start (the cookie check goes over them again).
+    first: Cursor,
     slices: Cursor,
     dst: SocketAddr,
     reserved: &'r Reserved,
-    /// The program set SO_REUSEPORT: off during the check, back after the connect.
+    /// The program set SO_REUSEPORT: off while binding, back after the connect.
     reuseport: bool,
+    /// The program's own socket is known to have SO_REUSEADDR and SO_REUSEPORT off (born here,
+    /// neither the program nor the shim ever set them): no syscall to make sure.
+    own_clear: bool,
+    /// The current socket is ready for an exclusive bind (SO_REUSEADDR, SO_REUSEPORT off).
+    ready: bool,
+    phase: Phase,
+    /// sock_diag works: the cookie check may follow the exclusive binds.
+    checkable: bool,
+    /// An exclusive bind found a port held (so the cookie check may still find it shareable).
+    held: bool,
     slice: Option<(Slice, Permutation)>,
     local: SocketAddr,
     not_local: Option<IpAddr>,
@@ -43,33 +90,85 @@ pub struct Cookie<'r> {
 
 impl<'r> Cookie<'r> {
     /// Connect the program's UDP socket (`target`) to `dst` from a free 4-tuple of `slices`.
+    /// `own_clear`: the program's socket is known to have SO_REUSEADDR and SO_REUSEPORT off.
     pub fn new(
         target: Target,
         slices: Cursor,
         dst: SocketAddr,
         reserved: &'r Reserved,
         precheck: bool,
+        own_clear: bool,
     ) -> Cookie<'r> {
-        // SO_REUSEPORT would defeat the lock (another SO_REUSEPORT socket of this user could bind
-        // the port while we check): off during the check, the program's value back after.
-        let reuseport = addr::get_int(target.fd, libc::SOL_SOCKET, libc::SO_REUSEPORT) == Some(1);
-        let local = SocketAddr::new(dst.ip(), 0);
-        let ct = conntrack::Reservation::NONE;
-        Cookie { target, slices, dst, reserved, reuseport, slice: None, local, not_local: None, ct, precheck }
+        // SO_REUSEPORT would defeat both an exclusive bind and the lock (another SO_REUSEPORT
+        // socket of this user could bind the port): off while binding, the program's value back
+        // after the connect.
+        let reuseport =
+            !own_clear && addr::get_int(target.fd, libc::SOL_SOCKET, libc::SO_REUSEPORT) == Some(1);
+        let checkable = diag::available();
+        let tries = match (checkable, CROWDED.load(Relaxed)) {
+            (false, _) => u32::MAX,
+            (true, false) => EXCLUSIVE_TRIES,
+            (true, true) => 1,
+        };
+        Cookie {
+            target,
+            first: slices,
+            slices,
+            dst,
+            reserved,
+            reuseport,
+            own_clear,
+            ready: false,
+            phase: Phase::Exclusive(tries),
+            checkable,
+            held: false,
+            slice: None,
+            local: SocketAddr::new(dst.ip(), 0),
+            not_local: None,
+            ct: conntrack::Reservation::NONE,
+            precheck,
+        }
+    }
+
+    /// A fresh socket on the side (the current one is bound, or cannot be bound).
+    fn fresh(&mut self) -> Result<(), Placed> {
+        self.ready = false;
+        self.target.fresh()
+    }
+
+    /// The exclusive binds are over (all held, or as many as allowed): the cookie check goes
+    /// over the slices again, sharing ports.
+    fn go_checked(&mut self) {
+        stats::bump(C::udp_checked);
+        if !CROWDED.load(Relaxed) {
+            CROWDED.store(true, Relaxed);
+        }
+        self.phase = Phase::Checked;
+        self.slices = self.first;
+        self.slice = None;
     }
 
     /// Bind and check candidate ports until one is free for `dst`.
     pub fn prepare(&mut self, cfg: &Config) -> Step {
         loop {
+            if self.phase == Phase::Exclusive(0) {
+                self.go_checked();
+            }
             let (slice, mut perm) = match self.slice {
                 Some(s) => s,
                 None => match self.slices.next(cfg) {
                     Some(s) => (s, Permutation::new(s.size())),
+                    None if self.phase != Phase::Checked && self.checkable && self.held => {
+                        self.go_checked();
+                        continue;
+                    }
                     None => return self.target.done(Placed::none_free(self.not_local)),
                 },
             };
             let Some(i) = perm.next() else {
-                stats::bump(C::exhausted);
+                if self.phase == Phase::Checked || !self.checkable || !self.held {
+                    stats::bump(C::exhausted);
+                }
                 self.slice = None;
                 continue;
             };
@@ -79,23 +178,11 @@ impl<'r> Cookie<'r> {
                 continue;
             }
             let local = SocketAddr::new(slice.ip, port);
-            let t = &mut self.target;
-            if self.reuseport {
-                if let Err(e) = addr::set_u32(t.cur, libc::SOL_SOCKET, libc::SO_REUSEPORT, 0) {
-                    return t.done(Placed::Setup(e));
-                }
-            }
-            if self.precheck && t.is_own() {
-                // As the TCP pre-check: a port some socket already holds for this peer would burn
-                // the program's own socket (bound, then refused), and every later attempt would
-                // need a fresh one, swapped in. Looked up before anything is bound, it is skipped.
-                stats::bump(C::lookups);
-                if let Ok(Some(_)) = diag::udp(t.cur, local, self.dst, ifindex(t.cur)) {
-                    stats::bump(C::conflicts);
-                    continue;
-                }
-            }
-            match t.bind_shared(local) {
+            let bound = match self.phase {
+                Phase::Exclusive(left) => self.bind_exclusive(local, left),
+                Phase::Checked => self.bind_checked(local),
+            };
+            match bound {
                 Bind::Bound => {}
                 Bind::Taken => continue,
                 Bind::NotLocal => {
@@ -103,62 +190,129 @@ impl<'r> Cookie<'r> {
                     self.slice = None;
                     continue;
                 }
-                Bind::Stop(p) => return t.done(p),
-            }
-            let s = t.cur;
-            stats::bump(C::attempts);
-            let ours = diag::cookie(s);
-            if let Err(e) = addr::set_u32(s, libc::SOL_SOCKET, libc::SO_REUSEADDR, 0) {
-                return t.done(Placed::Setup(e));
-            }
-            stats::bump(C::lookups);
-            let found = diag::udp(s, local, self.dst, ifindex(s));
-            let free = match (ours, found) {
-                (Some(c), Ok(Some(f))) if f.cookie == c => true,
-                // The socket this placement replaces (the program's, still in its fd, e.g. after
-                // connect(AF_UNSPEC)) goes away with the swap: it is no other flow's holder.
-                (Some(_), Ok(Some(f))) => !t.is_own() && diag::cookie(t.fd) == Some(f.cookie),
-                (_, Err(diag::DiagError(e))) => return t.done(Placed::Setup(e)),
-                // Our own bound socket must be found; anything else is not a safe answer.
-                _ => false,
-            };
-            if !free {
-                stats::bump(C::conflicts);
-                if let Err(p) = t.fresh() {
-                    return t.done(p);
-                }
-                continue;
+                Bind::Stop(p) => return self.target.done(p),
             }
             // A 4-tuple that a forwarded flow holds in conntrack would be NATed out of the slice.
             match conntrack::reserve(libc::IPPROTO_UDP, local, self.dst) {
                 Ok(r) => self.ct = r,
                 Err(conntrack::Held) => {
-                    if let Err(p) = t.fresh() {
-                        return t.done(p);
+                    if let Err(p) = self.fresh() {
+                        return self.target.done(p);
                     }
                     continue;
                 }
             }
-            if let Err(p) = t.install() {
+            if let Err(p) = self.target.install() {
                 self.ct.release();
-                return t.done(p);
+                return self.target.done(p);
+            }
+            if self.phase != Phase::Checked && CROWDED.load(Relaxed) {
+                CROWDED.store(false, Relaxed);
             }
             self.local = local;
             return Step::Attempt;
         }
     }
 
-    /// The connect returned `ret`/`errno`: share the port again, restore SO_REUSEPORT.
+    /// An exclusive bind of `local` on the current socket (`left` tries, this one included).
+    fn bind_exclusive(&mut self, local: SocketAddr, left: u32) -> Bind {
+        let t = &mut self.target;
+        if !self.ready {
+            // A fresh socket has SO_REUSEADDR off (never carried over); the program's own one
+            // unless it, or the shim, ever set it.
+            if t.is_own() && !self.own_clear {
+                if let Err(e) = addr::set_u32(t.cur, libc::SOL_SOCKET, libc::SO_REUSEADDR, 0) {
+                    return Bind::Stop(Placed::Setup(e));
+                }
+            }
+            if self.reuseport {
+                if let Err(e) = addr::set_u32(t.cur, libc::SOL_SOCKET, libc::SO_REUSEPORT, 0) {
+                    return Bind::Stop(Placed::Setup(e));
+                }
+            }
+            self.ready = true;
+        }
+        stats::bump(C::attempts);
+        match t.bind_owned(local) {
+            Ok(()) => Bind::Bound,
+            Err(libc::EADDRINUSE) => {
+                stats::bump(C::conflicts);
+                self.held = true;
+                self.phase = Phase::Exclusive(left.saturating_sub(1));
+                Bind::Taken
+            }
+            Err(libc::EADDRNOTAVAIL) => Bind::NotLocal,
+            // The program's socket holds a port already (bound behind the shim's back).
+            Err(libc::EINVAL) if t.is_own() => match self.fresh() {
+                Ok(()) => Bind::Taken,
+                Err(p) => Bind::Stop(p),
+            },
+            Err(e) => Bind::Stop(Placed::Setup(e)),
+        }
+    }
+
+    /// A shared bind of `local` on the current socket, locked and checked with sock_diag.
+    fn bind_checked(&mut self, local: SocketAddr) -> Bind {
+        let t = &mut self.target;
+        if self.reuseport {
+            if let Err(e) = addr::set_u32(t.cur, libc::SOL_SOCKET, libc::SO_REUSEPORT, 0) {
+                return Bind::Stop(Placed::Setup(e));
+            }
+        }
+        if self.precheck && t.is_own() {
+            // As the TCP pre-check: a port some socket already holds for this peer would burn
+            // the program's own socket (bound, then refused), and every later attempt would
+            // need a fresh one, swapped in. Looked up before anything is bound, it is skipped.
+            stats::bump(C::lookups);
+            if let Ok(Some(_)) = diag::udp(t.cur, local, self.dst, ifindex(t.cur)) {
+                stats::bump(C::conflicts);
+                return Bind::Taken;
+            }
+        }
+        match t.bind_shared(local) {
+            Bind::Bound => {}
+            other => return other,
+        }
+        let s = t.cur;
+        stats::bump(C::attempts);
+        let ours = diag::cookie(s);
+        if let Err(e) = addr::set_u32(s, libc::SOL_SOCKET, libc::SO_REUSEADDR, 0) {
+            return Bind::Stop(Placed::Setup(e));
+        }
+        stats::bump(C::lookups);
+        let found = diag::udp(s, local, self.dst, ifindex(s));
+        let free = match (ours, found) {
+            (Some(c), Ok(Some(f))) if f.cookie == c => true,
+            // The socket this placement replaces (the program's, still in its fd, e.g. after
+            // connect(AF_UNSPEC)) goes away with the swap: it is no other flow's holder.
+            (Some(_), Ok(Some(f))) => !t.is_own() && diag::cookie(t.fd) == Some(f.cookie),
+            (_, Err(diag::DiagError(e))) => return Bind::Stop(Placed::Setup(e)),
+            // Our own bound socket must be found; anything else is not a safe answer.
+            _ => false,
+        };
+        if !free {
+            stats::bump(C::conflicts);
+            return match self.fresh() {
+                Ok(()) => Bind::Taken,
+                Err(p) => Bind::Stop(p),
+            };
+        }
+        Bind::Bound
+    }
+
+    /// The connect returned `ret`/`errno`: share the port, restore SO_REUSEPORT.
     pub fn after(&mut self, cfg: &Config, ret: isize, errno: c_int) -> Step {
         let Some((slice, _)) = self.slice else { return self.target.done(Placed::Setup(libc::EINVAL)) };
         let fd = self.target.fd;
         if self.ct.settle(fd, ret, errno).is_err() {
             // Conntrack rewrote it: aborted; another port, on a fresh socket.
-            if let Err(p) = self.target.fresh() {
+            if let Err(p) = self.fresh() {
                 return self.target.done(p);
             }
             return self.prepare(cfg);
         }
+        // Connected (or not): from now on other sockets may bind this port, and each checks
+        // the 4-tuple first (module doc).
         let _ = addr::set_u32(fd, libc::SOL_SOCKET, libc::SO_REUSEADDR, 1);
         if self.reuseport {
             let _ = addr::set_u32(fd, libc::SOL_SOCKET, libc::SO_REUSEPORT, 1);
@@ -189,7 +343,7 @@ mod tests {
         let t = Target::new(fd, fdtable::ino(fd).unwrap(), family, true).unwrap();
         let cfg = crate::strategy::test_cfg(&[slice]);
         let none = Reserved::none();
-        let c = std::cell::RefCell::new(Cookie::new(t, Cursor::new(false, None, 0), dst, &none, true));
+        let c = std::cell::RefCell::new(Cookie::new(t, Cursor::new(false, None, 0), dst, &none, true, false));
         crate::strategy::drive(
             || c.borrow_mut().prepare(&cfg),
             |r, e| c.borrow_mut().after(&cfg, r, e),

@@ -1,16 +1,49 @@
 //! An exclusive port in a slice: bind(slice_ip, port) with SO_REUSEADDR=0, ports in random
 //! order, reserved ports skipped. For `bind(SLICE_IP, 0)` by the program (the socket gets a port
-//! at once, as the kernel would give it) and for unconnected UDP sockets, which talk to anyone
-//! from their port and therefore must own it.
+//! at once, as the kernel would give it), for unconnected UDP sockets, which talk to anyone
+//! from their port and therefore must own it, and as the first step of a UDP connect
+//! (`cookie`: a port nobody else holds needs no look-up).
 //!
 //! An explicit bind is exact (no clamping to the sysctl range), unlike autobind with
 //! IP_LOCAL_PORT_RANGE.
 
 use super::order::Permutation;
+use super::Target;
 use crate::config::Slice;
 use crate::sys::{addr, sysctl::Reserved};
 use libc::c_int;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
+
+/// The program set SO_REUSEADDR or SO_REUSEPORT on some socket of this process (through the
+/// setsockopt hook). Until it has, a UDP socket born here has both off, as the kernel creates
+/// it, whatever fd it is reached through (a dup included): a placement needs no syscall to make
+/// sure (a program that sets them with a raw syscall is not seen; see README).
+static PROGRAM_SET_REUSE: AtomicBool = AtomicBool::new(false);
+
+/// setsockopt(SOL_SOCKET, SO_REUSEADDR | SO_REUSEPORT) by the program (one atomic store, once).
+pub fn program_set_reuse() {
+    if !PROGRAM_SET_REUSE.load(Relaxed) {
+        PROGRAM_SET_REUSE.store(true, Relaxed);
+    }
+}
+
+/// Whether the program ever set SO_REUSEADDR or SO_REUSEPORT in this process.
+pub fn program_reuse_seen() -> bool {
+    PROGRAM_SET_REUSE.load(Relaxed)
+}
+
+impl Target {
+    /// bind(`local`) on the current socket, which the caller made exclusive (SO_REUSEADDR and
+    /// SO_REUSEPORT off): `Ok` means no other socket holds the port. Until the placement
+    /// concludes, the program's own socket then holds a slice port: a failure from there on
+    /// gives the program a clean socket back.
+    pub fn bind_owned(&mut self, local: SocketAddr) -> Result<(), c_int> {
+        addr::bind(self.cur, local, self.family)?;
+        self.burnt |= self.is_own();
+        Ok(())
+    }
+}
 
 /// Bind `fd` to a port of one of `slices` that no other socket holds. `Err(EADDRINUSE)` when
 /// every port is taken (what bind(ip, 0) says when the range is full); other errnos as bind.
