@@ -1578,3 +1578,22 @@ fn exclusive_and_checked_connects_never_share_a_4_tuple() {
         }
     });
 }
+
+/// Issue 11: the program's own SO_REUSEPORT is off while the shim binds: the program holds the
+/// slice's only port itself (SO_REUSEPORT, connected to the server), and a second socket with
+/// SO_REUSEPORT (no SO_REUSEADDR anywhere in the process) connecting to the same server gets
+/// EAGAIN — an SO_REUSEPORT bind would have succeeded over the holder, duplicated its 4-tuple
+/// and stolen its replies. (SO_REUSEPORT passes the setsockopt hook straight through; the
+/// placement must still learn that the program set it.)
+#[test]
+fn a_programs_so_reuseport_never_shares_a_held_port() {
+    let (lo, _) = slice_ports(1);
+    let server = UdpEcho::echo("127.0.0.1");
+    let out = Run::python(include_str!("../py/udp_reuseport.py"))
+        .args([SLICE_IP.to_string(), lo.to_string(), server.ip(), server.port().to_string()])
+        .slice(&slice_spec(SLICE_IP, lo, lo))
+        .run();
+    out.assert_success();
+    assert_eq!(out.field("a"), Some("err 11"), "the slice's only port is held\n{}", out.dump());
+    assert_eq!(out.field("h"), Some("good"), "the holder's reply went elsewhere\n{}", out.dump());
+}

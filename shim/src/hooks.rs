@@ -292,6 +292,11 @@ pub unsafe extern "C-unwind" fn setsockopt(
     val: *const c_void,
     len: socklen_t,
 ) -> c_int {
+    if level == libc::SOL_SOCKET && name == libc::SO_REUSEPORT {
+        // Replayable, so passed straight through below; but from now on a UDP placement reads
+        // it back instead of knowing it off (`strategy::exclusive::program_set_reuse`).
+        crate::strategy::exclusive::program_set_reuse();
+    }
     if !engaged() || crate::sys::options::replayable(level, name) {
         // SAFETY: the program's own arguments, passed on unchanged to the real function.
         return unsafe { real::setsockopt(fd, level, name, val, len) };

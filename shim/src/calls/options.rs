@@ -27,8 +27,9 @@ pub unsafe fn setsockopt(fd: c_int, level: c_int, name: c_int, val: *const c_voi
     if r != 0 || !matches!(mode(), Some(Mode::Active(_))) {
         return r;
     }
-    if level == libc::SOL_SOCKET && matches!(name, libc::SO_REUSEADDR | libc::SO_REUSEPORT) {
-        // From now on a UDP placement reads both back instead of knowing them off.
+    if level == libc::SOL_SOCKET && name == libc::SO_REUSEADDR {
+        // From now on a UDP placement reads it back instead of knowing it off (SO_REUSEPORT is
+        // noted in the hook, which passes it straight through).
         crate::strategy::exclusive::program_set_reuse();
     }
     let e0 = errno::get();
