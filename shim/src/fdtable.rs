@@ -339,12 +339,14 @@ pub fn copy(from: c_int, to: c_int) {
 /// A dup of `from` into `to` (the hooks' bookkeeping, one look-up of `from`): nothing when
 /// `from` has no entry at all. Else the lifecycle word of `from` becomes `f(word)` (written
 /// only when it changes), and `to` gets a copy of the entry with that word — unless the word
-/// is not `worth` a copy and no option is recorded: then `to` is only cleared (the dup's calls
-/// look at the socket; a copy costs more stores than the dup is worth).
+/// is not `worth` a copy and no option is recorded: then `to` gets no entry (the dup's calls
+/// look at the socket; a copy costs more stores than the dup is worth), and an old entry of
+/// `to` is dropped only if it names this very socket (any other reads as stale anyway).
 #[inline]
 pub fn duped(from: c_int, to: c_int, f: impl Fn(u64) -> u64, worth: impl Fn(u64) -> bool) {
     let Some(src) = slot(from, false) else { return };
-    if src.ino.load(Relaxed) == 0 && src.ep_fd.load(Relaxed) == 0 {
+    let ino = src.ino.load(Relaxed);
+    if ino == 0 && src.ep_fd.load(Relaxed) == 0 {
         return;
     }
     let _ = src.state.fetch_update(Relaxed, Relaxed, |w| (f(w) != w).then(|| f(w)));
@@ -355,7 +357,9 @@ pub fn duped(from: c_int, to: c_int, f: impl Fn(u64) -> u64, worth: impl Fn(u64)
         // Extra options fill the slots in order: the first one empty means all are.
         && src.extra[0].load(Relaxed) == 0;
     if bare {
-        clear(to);
+        if let Some(dst) = slot(to, false).filter(|d| d.ino.load(Relaxed) == ino) {
+            dst.ino.store(0, Relaxed);
+        }
     } else {
         copy_with(from, to, f)
     }
@@ -457,11 +461,16 @@ mod tests {
         modify(5100, 7, |_| 0b1100);
         duped(5100, 5101, f, worth);
         assert_eq!((word(5100, 7), word(5101, 7)), (0b1000, 0b1000));
-        // A bare word (not worth it, no option recorded): `from` changed, `to` only cleared.
+        // A bare word (not worth it, no option recorded): `from` changed, `to` not copied; its
+        // old entry dropped when it names the same socket, else left (it reads as stale).
         modify(5102, 8, |_| 0b0110);
+        modify(5101, 8, |_| 0b1111);
         duped(5102, 5101, f, worth);
         assert_eq!(word(5102, 8), 0b0010);
-        assert!(!occupied(5101), "cleared, not copied");
+        assert_eq!(word(5101, 8), 0, "the old entry of the same socket is gone");
+        modify(5103, 6, |_| 0b1);
+        duped(5102, 5103, f, worth);
+        assert_eq!((word(5103, 6), word(5103, 8)), (0b1, 0), "another socket's entry left as it was");
         // The same word with an option recorded: copied.
         record_opt(5102, 8, Some(2), 0, 0, false);
         duped(5102, 5101, f, worth);
