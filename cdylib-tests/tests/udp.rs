@@ -1597,3 +1597,113 @@ fn a_programs_so_reuseport_never_shares_a_held_port() {
     assert_eq!(out.field("a"), Some("err 11"), "the slice's only port is held\n{}", out.dump());
     assert_eq!(out.field("h"), Some("good"), "the holder's reply went elsewhere\n{}", out.dump());
 }
+
+// ---------------------------------------------------------------------------------------------
+// 10. Known from birth (issue 11): no look at a socket nothing touched
+// ---------------------------------------------------------------------------------------------
+
+/// Not a slice IP: a program's own choice, left alone.
+const OTHER_IP: &str = "127.0.0.5";
+
+/// The `CASE` lines of `c/udp_birth.c`: name → (ret, errno, local, same socket).
+fn birth_cases(out: &Output) -> std::collections::BTreeMap<String, (i32, i32, SocketAddr, bool)> {
+    out.fields("CASE")
+        .into_iter()
+        .map(|l| {
+            let w: Vec<&str> = l.split_whitespace().collect();
+            let local = SocketAddr::new(w[3].parse().unwrap(), w[4].parse().unwrap());
+            (w[0].to_string(), (w[1].parse().unwrap(), w[2].parse().unwrap(), local, w[5] == "1"))
+        })
+        .collect()
+}
+
+/// A UDP socket born here is taken as unbound at its connect (no getsockname); each way a
+/// program can touch it first comes out as a look would make it: a bind through syscall() or
+/// through a dup is the program's (left alone, never swapped), a port the kernel gave it for a
+/// failed write() is not (placed), a connect through syscall() left it bound to a non-slice
+/// address (left alone). The server saw each flow from the address the program reports.
+#[test]
+fn udp_sockets_touched_after_birth_come_out_as_with_a_look() {
+    let Some(exe) = compile_c("udp_birth", include_str!("../c/udp_birth.c")) else { return };
+    let server = UdpEcho::echo("127.0.0.1");
+    let (lo, hi) = slice_ports(8);
+    let out = Run::new(&exe)
+        .args(["127.0.0.1".to_string(), server.port().to_string(), OTHER_IP.to_string()])
+        .slice(&slice_spec(SLICE_IP, lo, hi))
+        .run();
+    out.assert_success();
+    let got = birth_cases(&out);
+    let ctx = |name: &str| format!("case {name}\n{}", out.dump());
+    assert_eq!(got.len(), 6, "{}", ctx("count"));
+    for (name, (ret, errno, local, same)) in &got {
+        assert_eq!((*ret, *errno), (0, 0), "{}", ctx(name));
+        match name.as_str() {
+            "fresh" | "v6fresh" => {
+                assert!(in_slice(*local, SLICE_IP, lo, hi), "{}", ctx(name));
+                assert!(same, "taken as unbound, yet swapped: {}", ctx(name));
+            }
+            "write" => {
+                assert!(in_slice(*local, SLICE_IP, lo, hi), "the kernel's port is placed: {}", ctx(name))
+            }
+            "sysbind" | "dupbind" => {
+                assert_eq!(
+                    local.ip().to_string(),
+                    OTHER_IP,
+                    "the program's bind is left alone: {}",
+                    ctx(name)
+                );
+                assert!(same, "the program's socket was swapped: {}", ctx(name));
+            }
+            "sysconnect" => {
+                assert!(!in_slice(*local, SLICE_IP, lo, hi), "connected behind the hooks: {}", ctx(name));
+                assert!(same, "{}", ctx(name));
+            }
+            _ => panic!("unexpected {}", ctx(name)),
+        }
+    }
+    server.wait_sources(6);
+    for (src, payload) in server.datagrams() {
+        let name = String::from_utf8_lossy(&payload).into_owned();
+        let want = got.get(&name).map(|c| c.2);
+        assert_eq!(Some(src), want, "the server saw {name} from {src}\n{}", out.dump());
+    }
+    assert_eq!(server.datagrams().len(), 6, "{}", out.dump());
+}
+
+/// The point of the birth record: between socket() and the connect that places it, the shim
+/// asks the kernel nothing about a UDP socket it saw born (no getsockname, no SO_PROTOCOL, no
+/// sock_diag socket on a free slice): the placement's own bind is the first syscall on it.
+#[test]
+fn a_udp_socket_born_here_is_placed_without_a_look() {
+    require!("strace");
+    let Some(exe) = compile_c("udp_birth", include_str!("../c/udp_birth.c")) else { return };
+    let server = UdpEcho::echo("127.0.0.1");
+    let (lo, hi) = slice_ports(8);
+    let tmp = TempDir::new("udp-birth-strace");
+    let log = tmp.path().join("strace");
+    let out = Run::new("strace")
+        .args(["-f", "-e", "trace=socket,getsockopt,getsockname,setsockopt,bind,connect", "-o"])
+        .arg(&log)
+        .arg(&exe)
+        .args(["127.0.0.1".to_string(), server.port().to_string(), OTHER_IP.to_string()])
+        .slice(&slice_spec(SLICE_IP, lo, hi))
+        .run();
+    out.assert_success();
+    let (ret, _, local, _) = birth_cases(&out).remove("fresh").expect("case fresh");
+    assert!(ret == 0 && in_slice(local, SLICE_IP, lo, hi), "{}", out.dump());
+    let trace = std::fs::read_to_string(&log).unwrap();
+    let start = trace.find("socket(AF_INET, SOCK_DGRAM").expect("the program's socket() in the trace");
+    let to_peer = format!("sin_port=htons({})", server.port());
+    let before: String = trace[start..]
+        .lines()
+        .skip(1)
+        .take_while(|l| !(l.contains("connect(") && l.contains(&to_peer)))
+        .map(|l| format!("{l}\n"))
+        .collect();
+    assert!(
+        !before.contains("getsockname(") && !before.contains("SO_PROTOCOL") && !before.contains("AF_NETLINK"),
+        "the shim looked at a UDP socket it saw born:\n{before}"
+    );
+    assert!(before.contains("bind("), "the placement's bind is in the trace:\n{before}");
+    assert_eq!(before.lines().count(), 1, "one syscall (the bind) before the connect:\n{before}");
+}

@@ -191,8 +191,8 @@ pub unsafe extern "C-unwind" fn socket(domain: c_int, ty: c_int, protocol: c_int
     let fd = born(unsafe { real::socket(domain, ty, protocol) });
     if fd >= 0 && matches!(domain, libc::AF_INET | libc::AF_INET6) && engaged() {
         // An Internet socket: recorded as created here, with its protocol (see
-        // `socket::fact::CREATED_HERE`); a TCP one also as unbound, so that its connect needs
-        // neither SO_PROTOCOL nor getsockname. One fstat (its identity), for these sockets only.
+        // `socket::fact::CREATED_HERE`) and as unbound, so that its connect needs neither
+        // SO_PROTOCOL nor getsockname. One fstat (its identity), for these sockets only.
         let kind = ty & 0xf;
         if kind == libc::SOCK_DGRAM
             || (kind == libc::SOCK_STREAM && matches!(protocol, 0 | libc::IPPROTO_TCP))
@@ -200,7 +200,7 @@ pub unsafe extern "C-unwind" fn socket(domain: c_int, ty: c_int, protocol: c_int
             let e0 = errno::get();
             inside(|nested| match (nested, kind) {
                 (true, _) => {}
-                (false, libc::SOCK_DGRAM) => fds::udp_created(fd, protocol),
+                (false, libc::SOCK_DGRAM) => fds::udp_created(fd, protocol, domain == libc::AF_INET6),
                 (false, _) => fds::tcp_created(fd, domain == libc::AF_INET6),
             });
             errno::set(e0);

@@ -186,6 +186,19 @@ impl State {
         .then_some(if self.has(fact::V6) { libc::AF_INET6 } else { libc::AF_INET })
     }
 
+    /// A UDP socket born here whose address nothing the hooks saw has touched, holding nothing of
+    /// the shim's: its family, and that it is unbound, are taken from its birth (a port the
+    /// kernel gave it behind the hooks' back — a failed write() autobinds — is found by the
+    /// placement's own bind: EINVAL, then a look). `Some(family)` then.
+    pub fn untouched_udp(self) -> Option<c_int> {
+        let born = fact::CREATED_HERE | fact::UNTOUCHED;
+        (self.0 & born == born
+            && !self.has(fact::TCP)
+            && self.phase() == Phase::Fresh
+            && !self.has(fact::PROG_BOUND | fact::NOT_PROGRAMS))
+        .then_some(if self.has(fact::V6) { libc::AF_INET6 } else { libc::AF_INET })
+    }
+
     /// Does a dup's number need this state (see `fdtable::duped`)? Not when it says no more than
     /// a TCP birth (protocol and family: a look finds them again); a UDP birth is kept (a port
     /// its socket holds unbound by the program is the kernel's, which a look cannot tell).
@@ -206,9 +219,9 @@ impl State {
 
     // ---- transitions ----
 
-    /// socket() made a datagram socket in this process.
-    pub fn born_udp(self) -> State {
-        self.plus(fact::CREATED_HERE)
+    /// socket() made a datagram socket (AF_INET6 if `v6`) in this process: unbound, untouched.
+    pub fn born_udp(self, v6: bool) -> State {
+        self.plus(fact::CREATED_HERE | fact::UNTOUCHED | if v6 { fact::V6 } else { 0 })
     }
 
     /// socket() made a TCP socket (AF_INET6 if `v6`) in this process: unbound, untouched.
@@ -448,9 +461,10 @@ mod tests {
 
     #[test]
     fn born_udp_and_program_bound_only_add_facts() {
-        check(State::born_udp, |p| p, fact::CREATED_HERE, 0);
+        check(|s| s.born_udp(false), |p| p, fact::CREATED_HERE | fact::UNTOUCHED, 0);
+        check(|s| s.born_udp(true), |p| p, fact::CREATED_HERE | fact::UNTOUCHED | fact::V6, 0);
         check(State::program_bound, |p| p, fact::PROG_BOUND, 0);
-        let s = State::default().born_udp();
+        let s = State::default().born_udp(false);
         assert!(s.never_bound_by_program());
         assert_eq!(s.born_proto(), Some(crate::scope::Proto::Udp));
         assert_eq!(State::default().born_proto(), None, "unknown: looked up");
@@ -469,7 +483,7 @@ mod tests {
         assert!(v4.never_bound_by_program());
         // Not known unbound: never recorded, a UDP birth, or anything since.
         assert_eq!(State::default().untouched_tcp(), None);
-        assert_eq!(State::default().born_udp().untouched_tcp(), None);
+        assert_eq!(State::default().born_udp(true).untouched_tcp(), None);
         for later in [
             State::touched,
             State::program_bound,
@@ -491,10 +505,36 @@ mod tests {
     }
 
     #[test]
+    fn born_udp_is_known_unbound_until_touched() {
+        let (v4, v6) = (State::default().born_udp(false), State::default().born_udp(true));
+        assert_eq!(v4.untouched_udp(), Some(libc::AF_INET));
+        assert_eq!(v6.untouched_udp(), Some(libc::AF_INET6));
+        assert_eq!(State::default().untouched_udp(), None, "never recorded: looked at");
+        assert_eq!(State::default().born_tcp(false).untouched_udp(), None, "a TCP birth");
+        for later in [
+            State::touched,
+            State::program_bound,
+            State::defer_bind,
+            State::settle,
+            State::attempt_failed,
+            State::bound_by_kernel,
+            State::found_bound,
+            State::bound_in_slice,
+            |s: State| s.placed_at(Port::Shared),
+            |s: State| s.placed_at(Port::Shared).disconnect_shared(),
+        ] {
+            let s = later(v6);
+            assert_eq!(s.untouched_udp(), None, "{s:?}");
+            assert_eq!(s.born_proto(), Some(crate::scope::Proto::Udp), "the protocol stays known: {s:?}");
+        }
+        assert_eq!(v4.program_set(Managed::ReuseAddr, true).untouched_udp(), Some(libc::AF_INET));
+    }
+
+    #[test]
     fn a_tcp_birth_alone_is_not_worth_a_copy() {
         assert!(!State::default().born_tcp(true).worth_a_copy());
         assert!(!State::default().born_tcp(false).touched().worth_a_copy());
-        assert!(State::default().born_udp().worth_a_copy(), "a UDP birth says whose port it holds");
+        assert!(State::default().born_udp(false).worth_a_copy(), "a UDP birth says whose port it holds");
         assert!(State::default().born_tcp(false).program_bound().worth_a_copy());
         assert!(State::default().born_tcp(false).defer_bind().worth_a_copy());
         assert!(State::default().born_tcp(false).program_set(Managed::ReuseAddr, true).worth_a_copy());

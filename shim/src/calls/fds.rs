@@ -37,15 +37,14 @@ pub fn tcp_created(fd: c_int, v6: bool) {
     }
 }
 
-/// socket() made an AF_INET/AF_INET6 datagram socket: mark it as created here (see
-/// `socket::fact::CREATED_HERE`).
-pub fn udp_created(fd: c_int, protocol: c_int) {
-    if matches!(protocol, 0 | libc::IPPROTO_UDP)
-        && matches!(mode(), Some(Mode::Active(_)))
-        && !crate::in_shared_child()
-    {
+/// socket() made an AF_INET/AF_INET6 (`v6`) datagram socket: mark it as created here, unbound
+/// (see `socket::fact::CREATED_HERE`, `State::untouched_udp`). No vfork guard needed: an entry is
+/// keyed by the socket's identity, so one a vfork child writes for its own socket never matches
+/// a socket of the parent's (as for TCP).
+pub fn udp_created(fd: c_int, protocol: c_int, v6: bool) {
+    if matches!(protocol, 0 | libc::IPPROTO_UDP) && matches!(mode(), Some(Mode::Active(_))) {
         if let Some(ino) = fdtable::ino(fd) {
-            crate::socket::go(fd, ino, crate::socket::State::born_udp);
+            crate::socket::go(fd, ino, |s| s.born_udp(v6));
         }
     }
 }

@@ -25,18 +25,23 @@ impl Sock {
     }
 
     /// As [`Sock::of`], for a socket whose recorded state may say what it was born as: a socket
-    /// created by socket() here (`fact::CREATED_HERE`) needs no SO_PROTOCOL look-up, and a TCP
-    /// one nothing has touched since (`State::untouched_tcp`) no getsockname either — its
+    /// created by socket() here (`fact::CREATED_HERE`) needs no SO_PROTOCOL look-up, and one
+    /// nothing has touched since (`State::untouched_tcp`, `untouched_udp`) no getsockname either — its
     /// address is the wildcard, port 0 (checked by the placement's own bind: see
     /// `strategy::Target::assumed`).
     pub fn known(fd: c_int, state: crate::socket::State) -> Option<Sock> {
-        if let Some(family) = state.untouched_tcp() {
+        let untouched = match (state.untouched_tcp(), state.untouched_udp()) {
+            (Some(family), _) => Some((family, Proto::Tcp)),
+            (_, Some(family)) => Some((family, Proto::Udp)),
+            _ => None,
+        };
+        if let Some((family, proto)) = untouched {
             let any: std::net::IpAddr = if family == libc::AF_INET6 {
                 std::net::Ipv6Addr::UNSPECIFIED.into()
             } else {
                 std::net::Ipv4Addr::UNSPECIFIED.into()
             };
-            return Some(Sock { family, proto: Proto::Tcp, local: SocketAddr::new(any, 0) });
+            return Some(Sock { family, proto, local: SocketAddr::new(any, 0) });
         }
         let proto = match state.born_proto() {
             Some(p) => p,

@@ -157,10 +157,15 @@ fn outgoing(fd: c_int, dst: SocketAddr, call: Call, nested: bool) -> Next {
         _ => return Next::Pass,
     };
     // One look at the socket: its identity and recorded state first (a socket born here needs
-    // no protocol look-up; a TCP one untouched since no getsockname), then its address.
+    // no protocol look-up; one untouched since no getsockname), then its address.
     let ino = fdtable::ino(fd);
-    let state = ino.map_or_else(State::default, |ino| socket::of(fd, ino));
-    let assumed = state.untouched_tcp().is_some();
+    let mut state = ino.map_or_else(State::default, |ino| socket::of(fd, ino));
+    if call == Call::FirstSend {
+        // A first send's placement (an owned port, bound before the send) cannot be decided
+        // again if the socket turns out bound: it is looked at.
+        state = state.touched();
+    }
+    let assumed = state.untouched_tcp().is_some() || state.untouched_udp().is_some();
     let (Some(ino), Some(sock)) = (ino, ino.and_then(|_| Sock::known(fd, state))) else {
         stats::bump(C::passed_through);
         if call == Call::FirstSend {
@@ -382,6 +387,7 @@ fn place_udp(f: Flow, call: Call) -> Next {
     };
     match call {
         Call::Connect => {
+            target.assumed = f.assumed;
             // Born here, and neither the shim nor the program ever set SO_REUSEADDR or
             // SO_REUSEPORT: both are off, as the kernel made the socket (no syscall to check).
             let clear = was.has(fact::CREATED_HERE)

@@ -190,7 +190,13 @@ impl<'r> Cookie<'r> {
                     self.slice = None;
                     continue;
                 }
-                Bind::Stop(p) => return self.target.done(p),
+                Bind::Stop(p) => {
+                    if p == Placed::NotFresh && self.reuseport {
+                        // Decided again from a look: the program's own value back first.
+                        let _ = addr::set_u32(self.target.fd, libc::SOL_SOCKET, libc::SO_REUSEPORT, 1);
+                    }
+                    return self.target.done(p);
+                }
             }
             // A 4-tuple that a forwarded flow holds in conntrack would be NATed out of the slice.
             match conntrack::reserve(libc::IPPROTO_UDP, local, self.dst) {
@@ -242,7 +248,10 @@ impl<'r> Cookie<'r> {
                 Bind::Taken
             }
             Err(libc::EADDRNOTAVAIL) => Bind::NotLocal,
-            // The program's socket holds a port already (bound behind the shim's back).
+            // Taken as unbound from its birth, the program's socket was bound behind the hooks'
+            // back: the connect is decided again from a look (never swapped out for that).
+            Err(e) if t.found_bound(e) => Bind::Stop(Placed::NotFresh),
+            // The program's socket holds a port already.
             Err(libc::EINVAL) if t.is_own() => match self.fresh() {
                 Ok(()) => Bind::Taken,
                 Err(p) => Bind::Stop(p),

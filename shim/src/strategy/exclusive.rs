@@ -41,6 +41,7 @@ impl Target {
     pub fn bind_owned(&mut self, local: SocketAddr) -> Result<(), c_int> {
         addr::bind(self.cur, local, self.family)?;
         self.burnt |= self.is_own();
+        self.assumed = false;
         Ok(())
     }
 }
