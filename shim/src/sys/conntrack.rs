@@ -292,7 +292,7 @@ fn ask(msg: &mut ct::Msg) -> Result<Answer, c_int> {
 
 /// Send `N` requests in one datagram (one round trip) and read their answers, in order.
 fn ask_all<const N: usize>(msgs: [&mut ct::Msg; N]) -> Result<[Answer; N], c_int> {
-    const ROOM: usize = 256 * netlink::MAX_ANSWERS;
+    const ROOM: usize = 256 * netlink::MAX_ANSWERS; // a Msg is at most 256 bytes
     let first = netlink::seqs(N as u32);
     let mut req = [0u8; ROOM];
     let mut len = 0;
@@ -302,8 +302,8 @@ fn ask_all<const N: usize>(msgs: [&mut ct::Msg; N]) -> Result<[Answer; N], c_int
         req[len..len + b.len()].copy_from_slice(b); // each a multiple of 4 bytes long
         len += b.len();
     }
-    let mut a = Answers::new();
-    netlink::NETFILTER.exchange(&req[..len], N, &mut a).map_err(netlink::Error::errno)?;
+    let mut a = Answers::<N>::new();
+    netlink::NETFILTER.exchange(&req[..len], &mut a).map_err(netlink::Error::errno)?;
     let mut out = [Answer::Other; N];
     for (i, slot) in out.iter_mut().enumerate() {
         match ct::parse_answer(a.get(i)) {

@@ -89,8 +89,8 @@ fn lookup(
     let bytes = unsafe {
         std::slice::from_raw_parts((&req as *const Request).cast::<u8>(), std::mem::size_of::<Request>())
     };
-    let mut a = Answers::new();
-    match netlink::SOCK_DIAG.exchange(bytes, 1, &mut a) {
+    let mut a = Answers::<1>::new();
+    match netlink::SOCK_DIAG.exchange(bytes, &mut a) {
         Ok(()) => parse_reply(a.words(0), a.get(0).len(), seq),
         Err(netlink::Error::Open(e)) => {
             if portrange_lib::sockdiag::lasting(e) {

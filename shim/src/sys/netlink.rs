@@ -57,16 +57,17 @@ impl Error {
     }
 }
 
-/// The answers of one round trip, each in its own aligned room.
-pub struct Answers {
-    buf: [[u64; ROOM / 8]; MAX_ANSWERS],
-    len: [usize; MAX_ANSWERS],
+/// The `N` answers of one round trip (1..=MAX_ANSWERS), each in its own aligned room (on the
+/// stack: a placement may run on a signal handler's small stack, so only the rooms needed).
+pub struct Answers<const N: usize> {
+    buf: [[u64; ROOM / 8]; N],
+    len: [usize; N],
     n: usize,
 }
 
-impl Answers {
-    pub const fn new() -> Answers {
-        Answers { buf: [[0; ROOM / 8]; MAX_ANSWERS], len: [0; MAX_ANSWERS], n: 0 }
+impl<const N: usize> Answers<N> {
+    pub const fn new() -> Answers<N> {
+        Answers { buf: [[0; ROOM / 8]; N], len: [0; N], n: 0 }
     }
     /// How many answers were read.
     #[cfg(test)]
@@ -85,7 +86,7 @@ impl Answers {
     }
 }
 
-impl Default for Answers {
+impl<const N: usize> Default for Answers<N> {
     fn default() -> Self {
         Self::new()
     }
@@ -201,11 +202,11 @@ impl Pool {
         }
     }
 
-    /// One round trip: send `req` (one or more netlink messages) to the kernel and read
-    /// `expect` answers (1..=MAX_ANSWERS) into `out`.
-    pub fn exchange(&self, req: &[u8], expect: usize, out: &mut Answers) -> Result<(), Error> {
+    /// One round trip: send `req` (one or more netlink messages) to the kernel and read `N`
+    /// answers into `out`.
+    pub fn exchange<const N: usize>(&self, req: &[u8], out: &mut Answers<N>) -> Result<(), Error> {
         let mut nl = self.take()?;
-        let r = nl.exchange(req, expect, out);
+        let r = nl.exchange(req, out);
         nl.ok = r.is_ok();
         r
     }
@@ -221,9 +222,9 @@ impl Taken<'_> {
         }
     }
 
-    pub(crate) fn exchange(&self, req: &[u8], expect: usize, out: &mut Answers) -> Result<(), Error> {
+    pub(crate) fn exchange<const N: usize>(&self, req: &[u8], out: &mut Answers<N>) -> Result<(), Error> {
         self.send(req)?;
-        self.read(expect, out)
+        self.read(out)
     }
 
     /// Send `req` to the kernel on the socket checked to be ours when it was taken.
@@ -252,11 +253,11 @@ impl Taken<'_> {
         Ok(())
     }
 
-    /// Read `expect` answers: they were queued before sendto returned, so without waiting, after
+    /// Read the answers: they were queued before sendto returned, so without waiting, after
     /// checking (again) that the number still holds our socket.
-    fn read(&self, expect: usize, out: &mut Answers) -> Result<(), Error> {
+    fn read<const N: usize>(&self, out: &mut Answers<N>) -> Result<(), Error> {
         let fd = self.ours()?;
-        receive(fd, expect.clamp(1, MAX_ANSWERS), out)
+        receive(fd, out)
     }
 }
 
@@ -277,9 +278,11 @@ impl Drop for Taken<'_> {
     }
 }
 
-/// Read `expect` queued datagrams from `fd` (one recvmsg, or one recvmmsg for several), without
+/// Read `N` queued datagrams from `fd` (one recvmsg, or one recvmmsg for several), without
 /// waiting; each must come from the kernel's netlink address.
-fn receive(fd: c_int, expect: usize, out: &mut Answers) -> Result<(), Error> {
+fn receive<const N: usize>(fd: c_int, out: &mut Answers<N>) -> Result<(), Error> {
+    const { assert!(N >= 1 && N <= MAX_ANSWERS) };
+    let expect = N;
     // SAFETY: sockaddr_nl, iovec and mmsghdr are plain data; the pointers set below point at
     // live buffers (`out`, `from`, `iov`) for the whole call.
     let mut from: [libc::sockaddr_nl; MAX_ANSWERS] = unsafe { std::mem::zeroed() };
@@ -396,8 +399,8 @@ mod tests {
         let mut req = diag_request(s);
         req.extend(diag_request(s + 1));
         req.extend(diag_request(s + 2));
-        let mut a = Answers::new();
-        pool.exchange(&req, 3, &mut a).unwrap();
+        let mut a = Answers::<3>::new();
+        pool.exchange(&req, &mut a).unwrap();
         assert_eq!(a.len(), 3);
         for i in 0..3 {
             assert_eq!(seq_of(a.get(i)), s + i as u32, "answers in order");
@@ -411,9 +414,9 @@ mod tests {
     #[test]
     fn too_few_answers_is_an_error_and_the_socket_is_not_kept() {
         let pool = Pool::new(libc::NETLINK_SOCK_DIAG);
-        let mut a = Answers::new();
+        let mut a = Answers::<2>::new();
         let s = seqs(1);
-        assert_eq!(pool.exchange(&diag_request(s), 2, &mut a), Err(Error::Io(libc::EPROTO)));
+        assert_eq!(pool.exchange(&diag_request(s), &mut a), Err(Error::Io(libc::EPROTO)));
         assert_eq!(pool.slot.load(Relaxed), 0, "not put back");
     }
 
@@ -423,10 +426,10 @@ mod tests {
         let threads: Vec<_> = (0..8)
             .map(|_| {
                 std::thread::spawn(|| {
-                    let mut a = Answers::new();
+                    let mut a = Answers::<1>::new();
                     for _ in 0..500 {
                         let s = seqs(1);
-                        POOL.exchange(&diag_request(s), 1, &mut a).unwrap();
+                        POOL.exchange(&diag_request(s), &mut a).unwrap();
                         assert_eq!(seq_of(a.get(0)), s);
                     }
                 })
@@ -440,8 +443,8 @@ mod tests {
     #[test]
     fn a_number_that_changed_is_neither_sent_on_nor_read_from() {
         let pool = Pool::new(libc::NETLINK_SOCK_DIAG);
-        let mut a = Answers::new();
-        pool.exchange(&diag_request(seqs(1)), 1, &mut a).unwrap();
+        let mut a = Answers::<1>::new();
+        pool.exchange(&diag_request(seqs(1)), &mut a).unwrap();
         let v = pool.slot.load(Relaxed);
         let fd = (v as u32 as c_int) - 1;
         // The program dup2()s its own UDP socket, with a datagram queued, over the idle one.
@@ -450,7 +453,7 @@ mod tests {
         peer.send_to(b"xx", prog.local_addr().unwrap()).unwrap();
         // SAFETY: fd is the pooled socket's number; the test plays the program.
         assert_eq!(unsafe { libc::dup2(prog.as_raw_fd(), fd) }, fd);
-        pool.exchange(&diag_request(seqs(1)), 1, &mut a).unwrap(); // on a new socket
+        pool.exchange(&diag_request(seqs(1)), &mut a).unwrap(); // on a new socket
         let t = pool.take().unwrap();
         assert_ne!(t.fd, fd, "the changed number is never used again");
         drop(t);
@@ -479,8 +482,8 @@ mod tests {
         t.send(&diag_request(seqs(1))).unwrap();
         // SAFETY: t.fd is our socket's number; the test plays the program replacing it.
         assert_eq!(unsafe { libc::dup2(prog.as_raw_fd(), t.fd) }, t.fd);
-        let mut a = Answers::new();
-        assert_eq!(t.read(1, &mut a), Err(Error::Io(libc::EBADF)));
+        let mut a = Answers::<1>::new();
+        assert_eq!(t.read(&mut a), Err(Error::Io(libc::EBADF)));
         let fd = t.fd;
         drop(t);
         let mut got = [0u8; 4];
@@ -494,8 +497,8 @@ mod tests {
     fn a_parents_socket_is_never_used_by_a_fork_child() {
         let pool: &'static Pool = Box::leak(Box::new(Pool::new(libc::NETLINK_SOCK_DIAG)));
         crate::sys::pid::init();
-        let mut a = Answers::new();
-        pool.exchange(&diag_request(seqs(1)), 1, &mut a).unwrap();
+        let mut a = Answers::<1>::new();
+        pool.exchange(&diag_request(seqs(1)), &mut a).unwrap();
         let parents = (pool.slot.load(Relaxed) as u32 as c_int) - 1;
         let parents_id = identity(parents).unwrap();
         // SAFETY: the child only makes syscalls and _exits.
