@@ -11,6 +11,8 @@
  *   sysbind     socket, bind(OTHER_IP:0) through syscall() (no hook sees it), connect
  *   noport      IP_BIND_ADDRESS_NO_PORT=1, bind(OTHER_IP:0) (hooked: only the IP is bound), connect
  *   dupnoport   as noport, but the option and the bind go through a dup; connect on the original
+ *   forkbind    a fork child binds the shared socket to OTHER_IP:0 (through the hook, in its own
+ *               records), exits; the parent connects
  *   listen      listen() (autobinds a port), then connect: the kernel's answer, the listener kept
  *   syslisten   as listen, through syscall()
  */
@@ -24,6 +26,7 @@
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/syscall.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 static struct sockaddr_in dst, other;
@@ -62,7 +65,7 @@ int main(int argc, char **argv) {
     other.sin_family = AF_INET;
     inet_pton(AF_INET, argv[3], &other.sin_addr);
     int one = 1;
-    int keep[8], k = 0;
+    int keep[12], k = 0;
 
     int s = socket(AF_INET, SOCK_STREAM, 0);
     conn("fresh", s);
@@ -84,6 +87,14 @@ int main(int argc, char **argv) {
     setsockopt(d, IPPROTO_IP, IP_BIND_ADDRESS_NO_PORT, &one, sizeof one);
     if (bind(d, (struct sockaddr *)&other, sizeof other) != 0) { perror("bind dup"); return 2; }
     conn("dupnoport", s);
+    keep[k++] = s;
+
+    s = socket(AF_INET, SOCK_STREAM, 0);
+    pid_t child = fork();
+    if (child == 0) _exit(bind(s, (struct sockaddr *)&other, sizeof other) != 0);
+    int status = 0;
+    if (child < 0 || waitpid(child, &status, 0) != child || status != 0) { perror("fork bind"); return 2; }
+    conn("forkbind", s);
     keep[k++] = s;
 
     s = socket(AF_INET, SOCK_STREAM, 0);

@@ -36,9 +36,9 @@ fn cases(out: &Output) -> std::collections::BTreeMap<String, Case> {
 }
 
 /// Each way of touching a socket born here, under each strategy, against the same program
-/// without the shim: a bind through syscall() (found by the placement's own bind: EINVAL), an
-/// IP-only bind (IP_BIND_ADDRESS_NO_PORT) through the hook and through a dup (no EINVAL: only
-/// the hooks can tell), and listen() through the hook and through syscall(). The socket the
+/// without the shim: a bind through syscall() or by a fork child (found by the placement's own
+/// bind: EINVAL), an IP-only bind (IP_BIND_ADDRESS_NO_PORT) through the hook and through a dup
+/// (no EINVAL: only the hooks can tell), and listen() through the hook and through syscall(). The socket the
 /// program connects is never swapped; a program's bind is left alone; a listener stays one.
 #[test]
 fn sockets_touched_after_birth_are_looked_at() {
@@ -58,11 +58,11 @@ fn sockets_touched_after_birth_are_looked_at() {
         out.assert_success();
         let got = cases(&out);
         let ctx = |name: &str| format!("[{strategy}] case {name}\n{}", out.dump());
-        assert_eq!(got.len(), 6, "{}", ctx("count"));
+        assert_eq!(got.len(), 7, "{}", ctx("count"));
         let fresh = &got["fresh"];
         assert_eq!(fresh.ret, 0, "{}", ctx("fresh"));
         assert!(in_slice(fresh.local, SLICE_IP, lo, hi), "{}", ctx("fresh"));
-        for name in ["sysbind", "noport", "dupnoport"] {
+        for name in ["sysbind", "noport", "dupnoport", "forkbind"] {
             let c = &got[name];
             assert_eq!((c.ret, c.errno), (0, 0), "{}", ctx(name));
             assert_eq!(c.local.ip().to_string(), OTHER_IP, "the program's bind is left alone: {}", ctx(name));
@@ -73,9 +73,9 @@ fn sockets_touched_after_birth_are_looked_at() {
             assert_eq!((c.ret, c.errno), (b.ret, b.errno), "the kernel's answer: {}", ctx(name));
             assert!(c.same && c.listening, "the listener is kept: {}", ctx(name));
         }
-        seen += 4;
+        seen += 5;
         let peers = rec.wait_for(seen, PEER_WAIT);
-        for name in ["fresh", "sysbind", "noport", "dupnoport"] {
+        for name in ["fresh", "sysbind", "noport", "dupnoport", "forkbind"] {
             assert!(
                 peers.contains(&got[name].local),
                 "the peer never saw {name}'s {:?}: {peers:?}",
