@@ -86,6 +86,9 @@ pub struct Cookie<'r> {
     ct: conntrack::Reservation,
     /// Look each 4-tuple up before binding the program's own socket (PORTRANGE_PRECHECK).
     precheck: bool,
+    /// The interface the program's socket is bound to, once read (a fresh socket gets the same
+    /// one: SO_BINDTODEVICE is carried over).
+    ifindex: Option<u32>,
 }
 
 impl<'r> Cookie<'r> {
@@ -127,6 +130,7 @@ impl<'r> Cookie<'r> {
             not_local: None,
             ct: conntrack::Reservation::NONE,
             precheck,
+            ifindex: None,
         }
     }
 
@@ -262,6 +266,7 @@ impl<'r> Cookie<'r> {
 
     /// A shared bind of `local` on the current socket, locked and checked with sock_diag.
     fn bind_checked(&mut self, local: SocketAddr) -> Bind {
+        let dev = *self.ifindex.get_or_insert_with(|| ifindex(self.target.fd));
         let t = &mut self.target;
         if self.reuseport {
             if let Err(e) = addr::set_u32(t.cur, libc::SOL_SOCKET, libc::SO_REUSEPORT, 0) {
@@ -273,7 +278,7 @@ impl<'r> Cookie<'r> {
             // the program's own socket (bound, then refused), and every later attempt would
             // need a fresh one, swapped in. Looked up before anything is bound, it is skipped.
             stats::bump(C::lookups);
-            if let Ok(Some(_)) = diag::udp(t.cur, local, self.dst, ifindex(t.cur)) {
+            if let Ok(Some(_)) = diag::udp(t.cur, local, self.dst, dev) {
                 stats::bump(C::conflicts);
                 return Bind::Taken;
             }
@@ -289,7 +294,7 @@ impl<'r> Cookie<'r> {
             return Bind::Stop(Placed::Setup(e));
         }
         stats::bump(C::lookups);
-        let found = diag::udp(s, local, self.dst, ifindex(s));
+        let found = diag::udp(s, local, self.dst, dev);
         let free = match (ours, found) {
             (Some(c), Ok(Some(f))) if f.cookie == c => true,
             // The socket this placement replaces (the program's, still in its fd, e.g. after
