@@ -203,7 +203,7 @@ fn main() {
     // UDP socket + connect + close.
     let udp_confs = [
         Conf { name: "no shim".into(), shim: false, env: vec![], fill: 0 },
-        Conf { name: "shim (cookie check)".into(), shim: true, env: env("auto", &big, true), fill: 0 },
+        Conf { name: "shim (exclusive first)".into(), shim: true, env: env("auto", &big, true), fill: 0 },
     ];
     let mut udp: Vec<Vec<f64>> = vec![Vec::new(); udp_confs.len()];
     for _ in 0..rounds {
