@@ -15,6 +15,8 @@
  *               socket a port of its own), connect
  *   sysconnect  socket, connect through syscall(), then connect again through libc
  *   dupbind     socket, bind(OTHER_IP:0) through a dup, connect on the original
+ *   firstsend   socket, sendto(HOST:PORT) unconnected (the "connect ret" is sendto's, 0 on
+ *               success; the datagram is "firstsend" itself)
  */
 #define _GNU_SOURCE
 #include <arpa/inet.h>
@@ -36,7 +38,7 @@ static unsigned long ino(int fd) {
     return fstat(fd, &st) == 0 ? (unsigned long)st.st_ino : 0;
 }
 
-static void report(const char *name, int s, unsigned long before, int r, int e) {
+static void report_sent(const char *name, int s, unsigned long before, int r, int e, int sent) {
     struct sockaddr_storage a;
     socklen_t len = sizeof a;
     memset(&a, 0, sizeof a);
@@ -55,9 +57,13 @@ static void report(const char *name, int s, unsigned long before, int r, int e) 
         inet_ntop(AF_INET, &a4->sin_addr, ip, sizeof ip);
         port = ntohs(a4->sin_port);
     }
-    if (r == 0) send(s, name, strlen(name), 0);
+    if (r == 0 && !sent) send(s, name, strlen(name), 0);
     printf("CASE %s %d %d %s %d %d\n", name, r, r ? e : 0, ip, port, ino(s) == before);
     fflush(stdout);
+}
+
+static void report(const char *name, int s, unsigned long before, int r, int e) {
+    report_sent(name, s, before, r, e, 0);
 }
 
 static void conn(const char *name, int s) {
@@ -112,6 +118,12 @@ int main(int argc, char **argv) {
     conn("dupbind", s);
     keep[k++] = s;
     close(d);
+
+    s = socket(AF_INET, SOCK_DGRAM, 0);
+    before = ino(s);
+    r = sendto(s, "firstsend", 9, 0, (struct sockaddr *)&dst, sizeof dst) == 9 ? 0 : -1;
+    report_sent("firstsend", s, before, r, errno, 1);
+    keep[k++] = s;
 
     for (int i = 0; i < k; i++) close(keep[i]);
     return 0;

@@ -1634,11 +1634,11 @@ fn udp_sockets_touched_after_birth_come_out_as_with_a_look() {
     out.assert_success();
     let got = birth_cases(&out);
     let ctx = |name: &str| format!("case {name}\n{}", out.dump());
-    assert_eq!(got.len(), 6, "{}", ctx("count"));
+    assert_eq!(got.len(), 7, "{}", ctx("count"));
     for (name, (ret, errno, local, same)) in &got {
         assert_eq!((*ret, *errno), (0, 0), "{}", ctx(name));
         match name.as_str() {
-            "fresh" | "v6fresh" => {
+            "fresh" | "v6fresh" | "firstsend" => {
                 assert!(in_slice(*local, SLICE_IP, lo, hi), "{}", ctx(name));
                 assert!(same, "taken as unbound, yet swapped: {}", ctx(name));
             }
@@ -1661,13 +1661,13 @@ fn udp_sockets_touched_after_birth_come_out_as_with_a_look() {
             _ => panic!("unexpected {}", ctx(name)),
         }
     }
-    server.wait_sources(6);
+    server.wait_sources(7);
     for (src, payload) in server.datagrams() {
         let name = String::from_utf8_lossy(&payload).into_owned();
         let want = got.get(&name).map(|c| c.2);
         assert_eq!(Some(src), want, "the server saw {name} from {src}\n{}", out.dump());
     }
-    assert_eq!(server.datagrams().len(), 6, "{}", out.dump());
+    assert_eq!(server.datagrams().len(), 7, "{}", out.dump());
 }
 
 /// The point of the birth record: between socket() and the connect that places it, the shim
@@ -1706,4 +1706,15 @@ fn a_udp_socket_born_here_is_placed_without_a_look() {
     );
     assert!(before.contains("bind("), "the placement's bind is in the trace:\n{before}");
     assert_eq!(before.lines().count(), 1, "one syscall (the bind) before the connect:\n{before}");
+    // A first unconnected send gets a port of its own: neither SO_REUSEADDR nor SO_REUSEPORT
+    // needs setting or reading on a socket born here (the program set neither).
+    let (ret, _, local, _) = birth_cases(&out).remove("firstsend").expect("case firstsend");
+    assert!(ret == 0 && in_slice(local, SLICE_IP, lo, hi), "{}", out.dump());
+    let last = trace.rfind("socket(AF_INET, SOCK_DGRAM").expect("the last socket() in the trace");
+    let send: String = trace[last..].lines().skip(1).map(|l| format!("{l}\n")).collect();
+    assert!(
+        !send.contains("SO_REUSEADDR") && !send.contains("SO_REUSEPORT"),
+        "options set or read for a first send:\n{send}"
+    );
+    assert!(send.contains("bind("), "the first send's bind is in the trace:\n{send}");
 }

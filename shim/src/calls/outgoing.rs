@@ -385,21 +385,22 @@ fn place_udp(f: Flow, call: Call) -> Next {
         Ok(t) => t,
         Err(p) => return conclude(f.fd, f.dst, Kind::Udp, p),
     };
+    // Born here, and neither the shim nor the program ever set SO_REUSEADDR or SO_REUSEPORT:
+    // both are off, as the kernel made the socket (no syscall to check).
+    let clear =
+        was.has(fact::CREATED_HERE) && !was.has(fact::SHIM_REUSEADDR) && !exclusive::program_reuse_seen();
     match call {
         Call::Connect => {
             target.assumed = f.assumed;
-            // Born here, and neither the shim nor the program ever set SO_REUSEADDR or
-            // SO_REUSEPORT: both are off, as the kernel made the socket (no syscall to check).
-            let clear = was.has(fact::CREATED_HERE)
-                && !was.has(fact::SHIM_REUSEADDR)
-                && !exclusive::program_reuse_seen();
             let c = Cookie::new(target, f.cursor(), f.dst, &f.active.reserved, f.active.precheck, clear);
             prepare(Plan { fd: f.fd, dst: f.dst, how: Strat::Cookie(c) })
         }
         Call::FirstSend => {
             let rotate = f.active.rotate.fetch_add(1, Relaxed);
             let candidates = scope::candidates(&f.active.cfg, f.v6, f.pinned, rotate);
-            let p = match exclusive::bind_free(target.cur, f.family, candidates, &f.active.reserved) {
+            let clear = clear && target.is_own();
+            let reserved = &f.active.reserved;
+            let p = match exclusive::bind_free_known(target.cur, f.family, candidates, reserved, clear) {
                 Ok((slice, local)) => match target.install() {
                     Ok(()) => {
                         target.settle();

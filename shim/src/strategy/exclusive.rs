@@ -54,6 +54,21 @@ pub fn bind_free<'a>(
     slices: impl Iterator<Item = &'a Slice>,
     reserved: &Reserved,
 ) -> Result<(Slice, SocketAddr), c_int> {
+    bind_free_known(fd, family, slices, reserved, false)
+}
+
+/// As [`bind_free`]; `clear`: `fd` is known to have SO_REUSEADDR and SO_REUSEPORT off (a socket
+/// born here that neither the program nor the shim set them on), so nothing is set or read.
+pub fn bind_free_known<'a>(
+    fd: c_int,
+    family: c_int,
+    slices: impl Iterator<Item = &'a Slice>,
+    reserved: &Reserved,
+    clear: bool,
+) -> Result<(Slice, SocketAddr), c_int> {
+    if clear {
+        return bind_loop(fd, family, slices, reserved);
+    }
     addr::set_u32(fd, libc::SOL_SOCKET, libc::SO_REUSEADDR, 0)?;
     // SO_REUSEPORT (dig sets it) would let another such socket of this user bind the same port:
     // off while binding, so the port is really owned; the program's value is put back after.
