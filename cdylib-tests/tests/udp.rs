@@ -1494,18 +1494,25 @@ fn a_free_slice_needs_no_lookup() {
 /// ports held and the connects go on to the cookie check. Whichever way each was placed, no
 /// source address ever carries two sockets' datagrams to one server (a shared 4-tuple), and
 /// every reply reaches the socket that asked. IPv4, v4-mapped, and the program's own
-/// `bind(wildcard, 0)` first, one process each. (Before: every connect made two look-ups.)
+/// `bind(wildcard, 0)` first, one process each; then all three on an IPv6 slice. (Before:
+/// every connect made two look-ups.)
 #[test]
 fn exclusive_and_checked_connects_never_share_a_4_tuple() {
     require_netns!();
     in_private_netns(|| {
         sh(&["ip", "link", "set", "lo", "up"]);
-        for iteration in 0..3 {
-            let ctx = format!("iteration {iteration}");
+        for iteration in 0..4 {
+            // The last round on an IPv6 slice (servers on two ports of ::1).
+            let v6 = iteration == 3;
+            let ctx = format!("iteration {iteration}{}", if v6 { ", IPv6" } else { "" });
             let (lo, hi) = slice_ports(16);
-            let spec = slice_spec(SLICE_IP, lo, hi);
-            let a = UdpEcho::echo("127.0.0.1");
-            let b = UdpEcho::echo("127.0.0.3");
+            let slice_ip = if v6 { "::1" } else { SLICE_IP };
+            let spec = slice_spec(slice_ip, lo, hi);
+            let (a, b) = if v6 {
+                (UdpEcho::echo("::1"), UdpEcho::echo("::1"))
+            } else {
+                (UdpEcho::echo("127.0.0.1"), UdpEcho::echo("127.0.0.3"))
+            };
             let dir = TempDir::new("udp-share");
             let d = dir.path().to_string_lossy().into_owned();
             let stats = dir.path().join("stats");
@@ -1516,10 +1523,14 @@ fn exclusive_and_checked_connects_never_share_a_4_tuple() {
                     if k == 2 {
                         args.push("--bind-any".into());
                     }
-                    let v4 = |ip: &str| if k == 1 { format!("::ffff:{ip}") } else { ip.to_string() };
+                    let host = |ip: &str| match (v6, k) {
+                        (true, _) => "::1".to_string(),
+                        (false, 1) => format!("::ffff:{ip}"),
+                        _ => ip.to_string(),
+                    };
                     for _ in 0..2 {
-                        args.extend([v4("127.0.0.1"), a.port().to_string(), "2".into()]);
-                        args.extend([v4("127.0.0.3"), b.port().to_string(), "2".into()]);
+                        args.extend([host("127.0.0.1"), a.port().to_string(), "2".into()]);
+                        args.extend([host("127.0.0.3"), b.port().to_string(), "2".into()]);
                     }
                     let (spec, stats) = (spec.clone(), stats.clone());
                     thread::spawn(move || {
@@ -1546,7 +1557,7 @@ fn exclusive_and_checked_connects_never_share_a_4_tuple() {
                 // 12 sockets per server on 16 ports: a connect finds a port unless, at that
                 // moment, the others are all in another placement's exclusive or locked window.
                 assert!(errs.iter().all(|e| *e == EAGAIN), "[{ctx}] errnos {errs:?}\n{}", dumps());
-                expect_in_slice(&ok, SLICE_IP, lo, hi, &ctx, out);
+                expect_in_slice(&ok, slice_ip, lo, hi, &ctx, out);
                 expect_exact_replies(out, 3, &ctx);
                 placed += ok.len();
             }
@@ -1563,7 +1574,7 @@ fn exclusive_and_checked_connects_never_share_a_4_tuple() {
                     );
                 }
                 let srcs: Vec<SocketAddr> = by.keys().copied().collect();
-                expect_in_slice(&srcs, SLICE_IP, lo, hi, &ctx, &outs[0]);
+                expect_in_slice(&srcs, slice_ip, lo, hi, &ctx, &outs[0]);
             }
             let (lookups, checked) = (stat_total(&stats, "lookups"), stat_total(&stats, "udp_checked"));
             let placed_udp = stat_total(&stats, "placed_udp");
