@@ -1729,3 +1729,25 @@ fn a_udp_socket_born_here_is_placed_without_a_look() {
     );
     assert!(send.contains("bind("), "the first send's bind is in the trace:\n{send}");
 }
+
+/// A UDP socket that a fork child connected (the shim placed it there, on a shared slice port)
+/// and the parent then connects elsewhere: the parent's records say nothing of that placement,
+/// and the socket holds a slice port the program never bound — not the program's choice, so
+/// the new 4-tuple is placed and checked like any other. On a one-port slice where the parent's
+/// other socket already talks to that peer from the port, the connect gets EAGAIN and the other
+/// socket keeps its replies (before: left on its port unchecked, it took them).
+#[test]
+fn a_port_placed_by_a_fork_child_is_checked_again() {
+    let (lo, _) = slice_ports(1);
+    let a = UdpEcho::echo("127.0.0.1");
+    let b = UdpEcho::echo("127.0.0.1");
+    let out = Run::python(include_str!("../py/udp_fork_share.py"))
+        .args(["127.0.0.1".to_string(), a.port().to_string(), b.port().to_string()])
+        .slice(&slice_spec(SLICE_IP, lo, lo))
+        .run();
+    out.assert_success();
+    assert_eq!(out.field("x"), Some(format!("ok {lo}").as_str()), "{}", out.dump());
+    let s = out.fields("s");
+    assert_eq!(s, ["err 11"], "the slice's one port is x's towards B\n{}", out.dump());
+    assert!(out.stdout.contains("x good"), "x's reply went elsewhere\n{}", out.dump());
+}

@@ -235,10 +235,16 @@ fn outgoing(fd: c_int, dst: SocketAddr, call: Call, nested: bool) -> Next {
     // A UDP socket created here and never bound by the program, yet holding a port on the
     // wildcard address: the kernel took it for a call that failed (send() or write() without an
     // address, a connect with a bad length). Not the program's choice: the flow is placed.
+    // Likewise one holding a port of a slice: the shim of another process sharing the socket (a
+    // fork child) placed it there, and this process's records cannot tell for which peer — left
+    // on its shared port, a connect elsewhere would take that 4-tuple unchecked.
     let kernel_port = state.never_bound_by_program()
         && sock.proto == Proto::Udp
         && sock.local.port() != 0
-        && sock.local.ip().is_unspecified();
+        && (sock.local.ip().is_unspecified() || {
+            let at = addr::canonical(sock.local);
+            active.cfg.slices.iter().any(|s| s.ip == at.ip() && s.contains_port(at.port()))
+        });
     let not_programs = state.has(fact::NOT_PROGRAMS) || kernel_port;
     let deferred = state.deferred();
     match scope::decide(&active.cfg, sock.local, not_programs, dst, call) {
