@@ -109,14 +109,16 @@ fn a_socket_born_here_is_placed_without_a_look() {
         let fresh = cases(&out).remove("fresh").expect("case fresh");
         assert!(in_slice(fresh.local, SLICE_IP, lo, hi), "[{strategy}]\n{}", out.dump());
         let trace = std::fs::read_to_string(&log).unwrap();
-        let start = trace.find("socket(AF_INET, SOCK_STREAM").expect("the program's socket() in the trace");
+        // The program's first connect to the peer, and the last TCP socket() before it (the
+        // shim's own start-up sockets, if any, come earlier).
         let to_peer = format!("sin_port=htons({})", rec.port());
-        let end = start
-            + trace[start..]
-                .lines()
-                .take_while(|l| !(l.contains("connect(") && l.contains(&to_peer)))
-                .map(|l| l.len() + 1)
-                .sum::<usize>();
+        let n = trace
+            .lines()
+            .position(|l| l.contains("connect(") && l.contains(&to_peer))
+            .expect("the program's connect in the trace");
+        let end: usize = trace.lines().take(n).map(|l| l.len() + 1).sum();
+        let start =
+            trace[..end].rfind("socket(AF_INET, SOCK_STREAM").expect("the program's socket() in the trace");
         let before = &trace[start..end];
         assert!(
             !before.contains("SO_PROTOCOL") && !before.contains("getsockname("),
