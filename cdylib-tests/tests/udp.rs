@@ -1703,8 +1703,20 @@ fn a_udp_socket_born_here_is_placed_without_a_look() {
     let (ret, _, local, _) = birth_cases(&out).remove("fresh").expect("case fresh");
     assert!(ret == 0 && in_slice(local, SLICE_IP, lo, hi), "{}", out.dump());
     let trace = std::fs::read_to_string(&log).unwrap();
-    let start = trace.find("socket(AF_INET, SOCK_DGRAM").expect("the program's socket() in the trace");
     let to_peer = format!("sin_port=htons({})", server.port());
+    // The program's first socket is the last one made before its first connect to the server
+    // (start-up sockets of the shim, if any, come earlier).
+    let first_connect = trace
+        .lines()
+        .scan(0, |at, l| {
+            let here = *at;
+            *at += l.len() + 1;
+            Some((here, l))
+        })
+        .find(|(_, l)| l.contains("connect(") && l.contains(&to_peer))
+        .map(|(at, _)| at)
+        .expect("the program's connect in the trace");
+    let start = trace[..first_connect].rfind("socket(AF_INET, SOCK_DGRAM").expect("the program's socket()");
     let before: String = trace[start..]
         .lines()
         .skip(1)
