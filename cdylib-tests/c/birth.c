@@ -5,14 +5,15 @@
  * usage: birth HOST PORT OTHER_IP
  * Prints one line per case:
  *   CASE <name> <connect ret> <errno> <local ip> <local port> <same socket 1|0> <listening 1|0>
+ *        <SO_REUSEADDR>
  * (local address by getsockname after the connect; "same socket": the fd still holds the socket
  * it held before the connect, by inode).
  *   fresh       socket + connect
  *   sysbind     socket, bind(OTHER_IP:0) through syscall() (no hook sees it), connect
  *   noport      IP_BIND_ADDRESS_NO_PORT=1, bind(OTHER_IP:0) (hooked: only the IP is bound), connect
  *   dupnoport   as noport, but the option and the bind go through a dup; connect on the original
- *   forkbind    a fork child binds the shared socket to OTHER_IP:0 (through the hook, in its own
- *               records), exits; the parent connects
+ *   forkbind    a fork child sets SO_REUSEADDR=1 on the shared socket and binds it to OTHER_IP:0
+ *               (through the hooks, in its own records), exits; the parent connects
  *   listen      listen() (autobinds a port), then connect: the kernel's answer, the listener kept
  *   syslisten   as listen, through syscall()
  */
@@ -43,10 +44,13 @@ static void report(const char *name, int s, unsigned long before, int r, int e) 
     getsockname(s, (struct sockaddr *)&a, &len);
     char ip[64];
     inet_ntop(AF_INET, &a.sin_addr, ip, sizeof ip);
-    int acc = 0;
+    int acc = 0, reuse = 0;
     socklen_t alen = sizeof acc;
     getsockopt(s, SOL_SOCKET, SO_ACCEPTCONN, &acc, &alen);
-    printf("CASE %s %d %d %s %d %d %d\n", name, r, r ? e : 0, ip, ntohs(a.sin_port), ino(s) == before, acc);
+    alen = sizeof reuse;
+    getsockopt(s, SOL_SOCKET, SO_REUSEADDR, &reuse, &alen);
+    printf("CASE %s %d %d %s %d %d %d %d\n", name, r, r ? e : 0, ip, ntohs(a.sin_port), ino(s) == before, acc,
+           reuse);
     fflush(stdout);
 }
 
@@ -91,7 +95,10 @@ int main(int argc, char **argv) {
 
     s = socket(AF_INET, SOCK_STREAM, 0);
     pid_t child = fork();
-    if (child == 0) _exit(bind(s, (struct sockaddr *)&other, sizeof other) != 0);
+    if (child == 0) {
+        setsockopt(s, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
+        _exit(bind(s, (struct sockaddr *)&other, sizeof other) != 0);
+    }
     int status = 0;
     if (child < 0 || waitpid(child, &status, 0) != child || status != 0) { perror("fork bind"); return 2; }
     conn("forkbind", s);

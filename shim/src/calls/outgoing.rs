@@ -469,22 +469,22 @@ fn resume(plan: Plan, step: Step) -> Next {
     }
 }
 
-/// A TCP socket taken as unbound from its birth record was bound behind the hooks' back (a bind
+/// A socket taken as unbound from its birth record was bound behind the hooks' back (a bind
 /// through syscall(), or by another process after fork): the strategy's bind got EINVAL before
-/// any attempt. The options the strategy set before that bind (IP_BIND_ADDRESS_NO_PORT,
-/// SO_REUSEADDR) get the program's values back, and the connect is decided again from a look
-/// at the socket, as for a socket from before the shim loaded.
+/// any attempt. The option the strategy set before that bind gets the program's value back
+/// (the kernel strategy: IP_BIND_ADDRESS_NO_PORT only — it binds before setting anything else,
+/// so a SO_REUSEADDR set behind the hooks' back stays; the explicit-bind searches:
+/// SO_REUSEADDR), and the connect is decided again from a look at the socket, as for a socket
+/// from before the shim loaded.
 fn found_bound(plan: Plan) -> Next {
     let (fd, ino) = (plan.fd, plan.how.ino().unwrap_or(0));
     let s = socket::of(fd, ino);
-    let opts = [
-        (socket::Managed::NoPort, libc::IPPROTO_IP, libc::IP_BIND_ADDRESS_NO_PORT),
-        (socket::Managed::ReuseAddr, libc::SOL_SOCKET, libc::SO_REUSEADDR),
-    ];
-    for (m, level, name) in opts {
-        if let Some(own) = s.program_value(m) {
-            let _ = addr::set_u32(fd, level, name, u32::from(own));
-        }
+    let (m, level, name) = match plan.how {
+        Strat::Kernel(_) => (socket::Managed::NoPort, libc::IPPROTO_IP, libc::IP_BIND_ADDRESS_NO_PORT),
+        _ => (socket::Managed::ReuseAddr, libc::SOL_SOCKET, libc::SO_REUSEADDR),
+    };
+    if let Some(own) = s.program_value(m) {
+        let _ = addr::set_u32(fd, level, name, u32::from(own));
     }
     socket::go(fd, ino, State::found_bound);
     log::debug!("fd {fd} to {}: bound behind the shim's back; looked at again", plan.dst);
