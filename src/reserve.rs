@@ -169,6 +169,7 @@ mod tests {
             return Err(io::Error::last_os_error());
         }
         let (sa, len) = raw_addr(remote);
+        // SAFETY: test code: plain calls on sockets and buffers this test owns.
         if unsafe { libc::connect(fd.as_raw_fd(), (&sa as *const libc::sockaddr_storage).cast(), len) } != 0 {
             return Err(io::Error::last_os_error());
         }

@@ -343,12 +343,14 @@ mod tests {
     use std::os::fd::AsRawFd;
 
     fn udp(family: c_int) -> c_int {
+        // SAFETY: test code: plain calls on sockets and buffers this test owns.
         unsafe { libc::socket(family, libc::SOCK_DGRAM, 0) }
     }
 
     fn connect_to(dst: SocketAddr, family: c_int) -> impl FnMut(c_int) -> isize {
         move |fd| {
             let raw = addr::to_raw(dst, family);
+            // SAFETY: test code: plain calls on sockets and buffers this test owns.
             unsafe { crate::real::connect(fd, raw.ptr(), raw.len) as isize }
         }
     }
@@ -392,6 +394,7 @@ mod tests {
             held.push(fd);
         }
         for fd in held {
+            // SAFETY: test code: plain calls on sockets and buffers this test owns.
             unsafe { libc::close(fd) };
         }
     }
@@ -409,6 +412,7 @@ mod tests {
         let c = udp(libc::AF_INET);
         addr::set_u32(c, libc::SOL_SOCKET, libc::SO_REUSEPORT, 1).unwrap();
         assert_eq!(place_one(c, libc::AF_INET, slice, dst), Placed::Exhausted);
+        // SAFETY: test code: plain calls on sockets and buffers this test owns.
         unsafe {
             libc::close(owner);
             libc::close(c);
@@ -428,6 +432,7 @@ mod tests {
         let fd2 = udp(libc::AF_INET);
         assert_eq!(place_one(fd2, libc::AF_INET, slice, server.local_addr().unwrap()), Placed::Exhausted);
         drop(owner);
+        // SAFETY: test code: plain calls on sockets and buffers this test owns.
         unsafe {
             libc::close(fd);
             libc::close(fd2);

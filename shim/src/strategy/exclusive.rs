@@ -127,6 +127,7 @@ mod tests {
     use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 
     fn sock(ty: c_int) -> OwnedFd {
+        // SAFETY: test code: plain calls on sockets and buffers this test owns.
         unsafe { OwnedFd::from_raw_fd(libc::socket(libc::AF_INET6, ty, 0)) }
     }
 

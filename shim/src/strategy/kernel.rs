@@ -202,6 +202,7 @@ mod tests {
 
     fn connect(fd: c_int, dst: SocketAddr, family: c_int) -> isize {
         let raw = addr::to_raw(dst, family);
+        // SAFETY: test code: plain calls on sockets and buffers this test owns.
         unsafe { crate::real::connect(fd, raw.ptr(), raw.len) as isize }
     }
 
@@ -211,6 +212,7 @@ mod tests {
 
     fn tcp(family: c_int) -> std::os::fd::OwnedFd {
         use std::os::fd::FromRawFd;
+        // SAFETY: test code: plain calls on sockets and buffers this test owns.
         unsafe { std::os::fd::OwnedFd::from_raw_fd(libc::socket(family, libc::SOCK_STREAM, 0)) }
     }
 
@@ -336,6 +338,7 @@ mod tests {
         }
         // The aborted socket is no longer connected.
         let mut b = [0u8; 1];
+        // SAFETY: test code: plain calls on sockets and buffers this test owns.
         assert_eq!(unsafe { libc::send(fd, b.as_mut_ptr().cast(), 1, libc::MSG_NOSIGNAL) }, -1);
     }
 

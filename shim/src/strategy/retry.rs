@@ -237,6 +237,7 @@ mod tests {
     fn connect_fn(dst: SocketAddr, family: c_int) -> impl FnMut(c_int) -> isize {
         move |fd| {
             let raw = addr::to_raw(dst, family);
+            // SAFETY: test code: plain calls on sockets and buffers this test owns.
             unsafe { crate::real::connect(fd, raw.ptr(), raw.len) as isize }
         }
     }
@@ -266,6 +267,7 @@ mod tests {
             let mut held = Vec::new();
             let mut ports = Vec::new();
             for _ in 0..3 {
+                // SAFETY: test code: plain calls on sockets and buffers this test owns.
                 let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_STREAM, 0) };
                 match place(fd, slice, dst, precheck, &reserved) {
                     Placed::Ok { ret: 0, local, .. } => {
@@ -278,10 +280,12 @@ mod tests {
             }
             ports.sort();
             assert_eq!(ports, [lo, lo + 1, lo + 3], "reserved port skipped");
+            // SAFETY: test code: plain calls on sockets and buffers this test owns.
             let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_STREAM, 0) };
             assert_eq!(place(fd, slice, dst, precheck, &reserved), Placed::Exhausted);
             held.push(fd);
             for fd in held {
+                // SAFETY: test code: plain calls on sockets and buffers this test owns.
                 unsafe { libc::close(fd) };
             }
         }
@@ -295,10 +299,12 @@ mod tests {
         let dst = l.local_addr().unwrap();
         let slice = Slice { ip: "127.0.0.2".parse().unwrap(), lo: 59940, hi: 59941 };
         let none = Reserved::none();
+        // SAFETY: test code: plain calls on sockets and buffers this test owns.
         let first = unsafe { libc::socket(libc::AF_INET, libc::SOCK_STREAM, 0) };
         let Placed::Ok { local: taken, .. } = place(first, slice, dst, false, &none) else { panic!() };
         let mut swapped = false;
         for _ in 0..20 {
+            // SAFETY: test code: plain calls on sockets and buffers this test owns.
             let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_STREAM, 0) };
             let before = fdtable::ino(fd).unwrap();
             let p = place(fd, slice, dst, false, &none);
@@ -307,6 +313,7 @@ mod tests {
             swapped |= fdtable::ino(fd).unwrap() != before;
             // Close with RST, so that the port is free again for the next round.
             let linger = libc::linger { l_onoff: 1, l_linger: 0 };
+            // SAFETY: test code: plain calls on sockets and buffers this test owns.
             unsafe {
                 libc::setsockopt(
                     fd,
@@ -322,6 +329,7 @@ mod tests {
             }
         }
         assert!(swapped, "in 20 tries the random order never tried the held port first");
+        // SAFETY: test code: plain calls on sockets and buffers this test owns.
         unsafe { libc::close(first) };
     }
 

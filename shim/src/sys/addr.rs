@@ -303,15 +303,19 @@ mod tests {
         ] {
             let a: SocketAddr = a.parse().unwrap();
             let raw = to_raw(a, fam);
+            // SAFETY: test code: plain calls on sockets and buffers this test owns.
             assert_eq!(unsafe { parse(raw.ptr(), raw.len) }, Some(a));
         }
         // IPv4 on an AF_INET6 socket is v4-mapped.
         let raw = to_raw("192.0.2.1:80".parse().unwrap(), libc::AF_INET6);
+        // SAFETY: test code: plain calls on sockets and buffers this test owns.
         let back = unsafe { parse(raw.ptr(), raw.len) }.unwrap();
         assert_eq!(back, "[::ffff:192.0.2.1]:80".parse().unwrap());
         assert_eq!(canonical(back), "192.0.2.1:80".parse().unwrap());
         // Too short or another family.
+        // SAFETY: test code: plain calls on sockets and buffers this test owns.
         assert_eq!(unsafe { parse(raw.ptr(), 4) }, None);
+        // SAFETY: test code: plain calls on sockets and buffers this test owns.
         assert_eq!(unsafe { parse(std::ptr::null(), 16) }, None);
     }
 
@@ -322,16 +326,22 @@ mod tests {
         // RFC 2133 sockaddr_in6 (24 bytes, no scope id) up to the full 28.
         for len in 24..=27 {
             assert_eq!(
+                // SAFETY: test code: plain calls on sockets and buffers this test owns.
                 unsafe { parse(raw.ptr(), len) },
                 Some("[2001:db8::1]:443".parse().unwrap()),
                 "len {len}"
             );
         }
+        // SAFETY: test code: plain calls on sockets and buffers this test owns.
         assert_eq!(unsafe { parse(raw.ptr(), 28) }, Some(a));
+        // SAFETY: test code: plain calls on sockets and buffers this test owns.
         assert_eq!(unsafe { parse(raw.ptr(), 128) }, Some(a));
+        // SAFETY: test code: plain calls on sockets and buffers this test owns.
         assert_eq!(unsafe { parse(raw.ptr(), 23) }, None);
         let v4 = to_raw("192.0.2.1:80".parse().unwrap(), libc::AF_INET);
+        // SAFETY: test code: plain calls on sockets and buffers this test owns.
         assert_eq!(unsafe { parse(v4.ptr(), 15) }, None);
+        // SAFETY: test code: plain calls on sockets and buffers this test owns.
         assert!(unsafe { parse(v4.ptr(), 16) }.is_some());
     }
 

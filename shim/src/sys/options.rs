@@ -341,6 +341,7 @@ mod tests {
 
     #[test]
     fn replays_values_not_defaults() {
+        // SAFETY: test code: plain calls on sockets and buffers this test owns.
         unsafe {
             let old = libc::socket(libc::AF_INET6, libc::SOCK_STREAM, 0);
             let new = libc::socket(libc::AF_INET6, libc::SOCK_STREAM, 0);
@@ -383,6 +384,7 @@ mod tests {
 
     #[test]
     fn options_outside_the_table_copied_as_bytes() {
+        // SAFETY: test code: plain calls on sockets and buffers this test owns.
         unsafe {
             let old = libc::socket(libc::AF_INET, libc::SOCK_DGRAM, 0);
             let new = libc::socket(libc::AF_INET, libc::SOCK_DGRAM, 0);

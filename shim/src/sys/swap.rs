@@ -229,6 +229,7 @@ mod tests {
         );
         assert_eq!(parse_tfd_line(b"tfd:        7 events: 19 data: 2a", 8), None);
         assert_eq!(parse_tfd_line(b"pos:\t0", 7), None);
+        // SAFETY: test code: plain calls on sockets and buffers this test owns.
         unsafe {
             let ep = libc::epoll_create1(libc::EPOLL_CLOEXEC);
             let s = libc::socket(libc::AF_INET, libc::SOCK_STREAM, 0);
