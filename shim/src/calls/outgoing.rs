@@ -93,7 +93,7 @@ pub unsafe fn connect(fd: c_int, sa: *const sockaddr, len: socklen_t, nested: bo
 
 /// A send (sendto/sendmsg/sendmmsg) that names a destination (`named`: a non-null address) or
 /// not: with MSG_FASTOPEN a TCP send is a connect; the first unconnected send of a UDP socket
-/// places it. `dst` reads the address (one `process_vm_readv`, see `addr::parse`) only when it
+/// places it. `dst` reads the address (with the kernel's checks, see `addr::parse`) only when it
 /// matters: not for the sends of a socket already settled.
 pub fn send(fd: c_int, dst: impl FnOnce() -> Dest, fastopen: bool, nested: bool) -> Next {
     let active = match mode() {

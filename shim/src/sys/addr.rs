@@ -14,15 +14,73 @@ pub const SIN6_LEN_RFC2133: usize = 24;
 /// CAP_SYS_PTRACE): addresses are then read directly, as before.
 static NO_VM_READV: AtomicBool = AtomicBool::new(false);
 
+/// The readability probe was refused or answered oddly (a seccomp filter): `process_vm_readv`.
+static NO_PROBE: AtomicBool = AtomicBool::new(false);
+
+/// Whether the kernel can read 8 bytes at `at`: `rt_sigprocmask` with an invalid `how` copies
+/// the new mask from user memory first — EFAULT where that memory is not readable, the kernel's
+/// own check — and then refuses the `how` with EINVAL, changing nothing. `None`: the probe is not
+/// usable in this process (another answer, e.g. a seccomp filter's).
+fn probe8(at: *const u8) -> Option<bool> {
+    // SAFETY: the kernel only reads `at` (fault-checked), with an invalid `how` it changes no
+    // signal mask, and no old mask is written (NULL).
+    let r = unsafe {
+        libc::syscall(libc::SYS_rt_sigprocmask, -1 as c_int, at, std::ptr::null_mut::<c_void>(), 8usize)
+    };
+    match (r, crate::errno::get()) {
+        (-1, libc::EINVAL) => Some(true),
+        (-1, libc::EFAULT) => Some(false),
+        _ => None,
+    }
+}
+
+/// Whether every page of `[addr, addr + len)` (len >= 8) is readable: [`probe8`] at the start
+/// and at the start of each further page the range touches (a page is readable as a whole) —
+/// one system call for an address within one page.
+fn probed(addr: *const u8, len: usize) -> Option<bool> {
+    const PAGE: usize = 4096;
+    let start = addr as usize;
+    let last = start.checked_add(len - 1)? / PAGE;
+    if !probe8(addr)? {
+        return Some(false);
+    }
+    for p in start / PAGE + 1..=last {
+        if !probe8((p * PAGE) as *const u8)? {
+            return Some(false);
+        }
+    }
+    Some(true)
+}
+
 /// Copy `buf.len()` bytes from `addr` the way the kernel would read them: `false` when the
 /// memory is not readable (the kernel answers EFAULT, where reading it here would crash the
-/// program). `process_vm_readv` on this very process reads through the page tables with the
-/// same checks as the kernel's own copy from user memory.
+/// program). A probe with the kernel's own checks ([`probed`]) then a direct read; for fewer
+/// than 8 bytes, or where the probe is refused, `process_vm_readv` on this very process, which
+/// reads through the page tables with the same checks. (Between the probe and the read another
+/// thread of the program could unmap the memory it is passing to this very call: that program
+/// would crash where the kernel would have answered EFAULT.)
 ///
 /// # Safety
-/// `addr` may be any value; where `process_vm_readv` is refused, it must be readable for
+/// `addr` may be any value; where both checks are refused, it must be readable for
 /// `buf.len()` bytes (the shim's behaviour before this check existed).
 unsafe fn copy_in(addr: *const u8, buf: &mut [u8]) -> bool {
+    if addr.is_null() {
+        return false;
+    }
+    if buf.len() >= 8 && !NO_PROBE.load(Relaxed) {
+        let e0 = crate::errno::get();
+        let ok = probed(addr, buf.len());
+        crate::errno::set(e0);
+        match ok {
+            Some(true) => {
+                // SAFETY: every page of the range was just found readable by the kernel.
+                unsafe { std::ptr::copy_nonoverlapping(addr, buf.as_mut_ptr(), buf.len()) };
+                return true;
+            }
+            Some(false) => return false,
+            None => NO_PROBE.store(true, Relaxed),
+        }
+    }
     if !NO_VM_READV.load(Relaxed) {
         let local = libc::iovec { iov_base: buf.as_mut_ptr().cast(), iov_len: buf.len() };
         let remote = libc::iovec { iov_base: addr as *mut c_void, iov_len: buf.len() };
@@ -53,7 +111,8 @@ unsafe fn copy_in(addr: *const u8, buf: &mut [u8]) -> bool {
 /// EFAULT; reading it directly would crash the program).
 ///
 /// # Safety
-/// None where `process_vm_readv` works; elsewhere `msg` must be null or a readable `msghdr`.
+/// None where the probe or `process_vm_readv` works; elsewhere `msg` must be null or a readable
+/// `msghdr`.
 pub unsafe fn msg_name(msg: *const libc::msghdr) -> Option<(*const sockaddr, socklen_t)> {
     if msg.is_null() {
         return None;
@@ -75,7 +134,7 @@ pub unsafe fn msg_name(msg: *const libc::msghdr) -> Option<(*const sockaddr, soc
 /// A `sockaddr_in6` of 24-27 bytes has no scope id (0), as in the kernel.
 ///
 /// # Safety
-/// None where `process_vm_readv` works (`addr` and `len` may be anything: the memory is read
+/// None where the probe or `process_vm_readv` works (`addr` and `len` may be anything: the memory is read
 /// with the kernel's checks); elsewhere `addr` must be null or readable for `len` bytes.
 pub unsafe fn parse(addr: *const sockaddr, len: socklen_t) -> Option<SocketAddr> {
     // SAFETY: the caller's contract.
@@ -83,7 +142,7 @@ pub unsafe fn parse(addr: *const sockaddr, len: socklen_t) -> Option<SocketAddr>
 }
 
 /// [`parse`] of a buffer the shim itself filled (getsockname, getpeername): read directly, no
-/// `process_vm_readv` (two system calls) needed.
+/// checked read needed.
 ///
 /// # Safety
 /// `addr` points to `len` readable bytes.
@@ -147,9 +206,12 @@ pub unsafe fn family_of(addr: *const sockaddr, len: socklen_t) -> Option<c_int> 
     if addr.is_null() || (len as usize) < size_of::<libc::sa_family_t>() {
         return None;
     }
-    let mut buf = [0u8; size_of::<libc::sa_family_t>()];
+    // Up to 16 bytes, as many as the kernel would read: 8 or more take the cheap probe.
+    let mut buf = [0u8; 16];
+    let n = (len as usize).min(buf.len());
     // SAFETY: any pointer is acceptable to copy_in.
-    unsafe { copy_in(addr.cast(), &mut buf) }.then(|| c_int::from(libc::sa_family_t::from_ne_bytes(buf)))
+    unsafe { copy_in(addr.cast(), &mut buf[..n]) }
+        .then(|| c_int::from(libc::sa_family_t::from_ne_bytes([buf[0], buf[1]])))
 }
 
 /// Would the kernel refuse `dst` (as parsed: `V4` came as AF_INET, `V6` as AF_INET6) on a socket
@@ -293,6 +355,51 @@ pub fn canonical(a: SocketAddr) -> SocketAddr {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The probe answers as the kernel's own copy would: readable memory read, unmapped,
+    /// PROT_NONE and page-straddling ranges refused, errno kept.
+    #[test]
+    fn copy_in_checks_like_the_kernel() {
+        // SAFETY: test code: pages this test maps, protects and unmaps; copy_in takes any pointer.
+        unsafe {
+            let page = 4096;
+            let m = libc::mmap(
+                std::ptr::null_mut(),
+                3 * page,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+                -1,
+                0,
+            ) as *mut u8;
+            assert_ne!(m as *mut c_void, libc::MAP_FAILED);
+            for i in 0..3 * page {
+                *m.add(i) = (i % 251) as u8;
+            }
+            assert_eq!(libc::mprotect(m.add(page).cast(), page, libc::PROT_NONE), 0);
+            assert_eq!(libc::munmap(m.add(2 * page).cast(), page), 0);
+            crate::errno::set(1234);
+            let mut buf = [0u8; 28];
+            // The last 28 bytes of the readable page.
+            assert!(copy_in(m.add(page - 28), &mut buf));
+            assert_eq!(buf[0], ((page - 28) % 251) as u8);
+            assert_eq!(buf[27], ((page - 1) % 251) as u8);
+            // Straddling into the PROT_NONE page, inside it, and in the unmapped one.
+            assert!(!copy_in(m.add(page - 20), &mut buf));
+            assert!(!copy_in(m.add(page + 8), &mut buf));
+            assert!(!copy_in(m.add(2 * page + 8), &mut buf));
+            assert!(!copy_in(std::ptr::null(), &mut buf));
+            // Short reads go through process_vm_readv.
+            let mut two = [0u8; 2];
+            assert!(copy_in(m.add(page - 2), &mut two));
+            assert!(!copy_in(m.add(page), &mut two));
+            // A range over several pages: each page is probed.
+            let mut big = [0u8; 5000];
+            assert!(!copy_in(m, &mut big));
+            assert_eq!(crate::errno::get(), 1234, "errno kept");
+            assert!(!NO_PROBE.load(Relaxed), "the probe works here");
+            libc::munmap(m.cast(), 2 * page);
+        }
+    }
 
     #[test]
     fn round_trip() {
