@@ -272,10 +272,9 @@ pub fn clear(fd: c_int) {
     }
 }
 
-/// Another descriptor of the same socket `ino` whose lifecycle word satisfies `wanted` (a dup made
-/// before the shim changed an option on the original fd knows nothing of it). Scans the chunks
-/// in use: for the rare reads of the options the shim manages.
-pub fn sibling(fd: c_int, ino: u64, wanted: impl Fn(u64) -> bool) -> Option<c_int> {
+/// Walk the entries of the chunks in use (no syscall, no allocation) until `f` says stop: the
+/// fd number and its entry. For the rare passes over all sockets.
+fn scan(mut f: impl FnMut(usize, &Entry) -> bool) -> Option<usize> {
     for (t, top) in TABLE.iter().enumerate() {
         let m = top.load(Relaxed);
         if m.is_null() {
@@ -291,9 +290,9 @@ pub fn sibling(fd: c_int, ino: u64, wanted: impl Fn(u64) -> bool) -> Option<c_in
             for lo in 0..CHUNK {
                 // SAFETY: an installed chunk of CHUNK entries, never unmapped.
                 let e = unsafe { &*p.add(lo) };
-                let other = (t * CHUNKS + c) * CHUNK + lo;
-                if other != fd as usize && e.ino.load(Relaxed) == ino && wanted(e.state.load(Relaxed)) {
-                    return c_int::try_from(other).ok();
+                let fd = (t * CHUNKS + c) * CHUNK + lo;
+                if f(fd, e) {
+                    return Some(fd);
                 }
             }
         }
@@ -301,33 +300,25 @@ pub fn sibling(fd: c_int, ino: u64, wanted: impl Fn(u64) -> bool) -> Option<c_in
     None
 }
 
-/// Every entry that names a socket: `f(fd, ino, lifecycle word)`. Scans the chunks in use
-/// (no syscall, no allocation): for the rare passes over all sockets (before an exec).
+/// Another descriptor of the same socket `ino` whose lifecycle word satisfies `wanted` (a dup made
+/// before the shim changed an option on the original fd knows nothing of it): for the rare reads
+/// of the options the shim manages.
+pub fn sibling(fd: c_int, ino: u64, wanted: impl Fn(u64) -> bool) -> Option<c_int> {
+    scan(|other, e| other != fd as usize && e.ino.load(Relaxed) == ino && wanted(e.state.load(Relaxed)))
+        .and_then(|other| c_int::try_from(other).ok())
+}
+
+/// Every entry that names a socket: `f(fd, ino, lifecycle word)` (before an exec).
 pub fn each(mut f: impl FnMut(c_int, u64, u64)) {
-    for (t, top) in TABLE.iter().enumerate() {
-        let m = top.load(Relaxed);
-        if m.is_null() {
-            continue;
-        }
-        // SAFETY: an installed mid table, never freed.
-        let m = unsafe { &*m };
-        for (c, chunk) in m.iter().enumerate() {
-            let p = chunk.load(Relaxed);
-            if p.is_null() {
-                continue;
-            }
-            for lo in 0..CHUNK {
-                // SAFETY: an installed chunk of CHUNK entries, never unmapped.
-                let e = unsafe { &*p.add(lo) };
-                let ino = e.ino.load(Relaxed);
-                if ino != 0 {
-                    if let Ok(fd) = c_int::try_from((t * CHUNKS + c) * CHUNK + lo) {
-                        f(fd, ino, e.state.load(Relaxed));
-                    }
-                }
+    scan(|fd, e| {
+        let ino = e.ino.load(Relaxed);
+        if ino != 0 {
+            if let Ok(fd) = c_int::try_from(fd) {
+                f(fd, ino, e.state.load(Relaxed));
             }
         }
-    }
+        false
+    });
 }
 
 /// `to` now refers to the same socket as `from` (dup): copy the entry, or clear `to`.
