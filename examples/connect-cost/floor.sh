@@ -9,19 +9,5 @@ set -euo pipefail
 dir=$(cd "$(dirname "$0")" && pwd)
 bin=$(mktemp -d)/floor
 gcc -O2 -o "$bin" "$dir/floor.c"
-ip link set lo up
-ip addr add 198.51.100.10/32 dev lo
-ip addr add 203.0.113.1/32 dev lo
-python3 -c '
-import socket
-s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-s.bind(("203.0.113.1", 7000)); s.listen(4096)
-while True:
-    c, _ = s.accept(); c.close()' &
-pid=$!
-trap 'kill $pid' EXIT
-for _ in $(seq 100); do
-  (exec 3<>/dev/tcp/203.0.113.1/7000) 2>/dev/null && break
-  sleep 0.1
-done
+. "$dir/peers.sh"
 "$bin" 203.0.113.1 7000 198.51.100.10 40000 40511 "${N:-3000}" "${ROUNDS:-7}"

@@ -10,13 +10,5 @@ set -euo pipefail
 dir=$(cd "$(dirname "$0")" && pwd)
 bin=$(mktemp -d)/udp_floor
 gcc -O2 -o "$bin" "$dir/udp_floor.c"
-ip link set lo up
-ip addr add 198.51.100.10/32 dev lo
-ip addr add 203.0.113.1/32 dev lo
-python3 -c '
-import socket, time
-s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); s.bind(("203.0.113.1", 7001)); time.sleep(1e6)' &
-pid=$!
-trap 'kill $pid' EXIT
-sleep 0.3
+. "$dir/peers.sh"
 "$bin" 203.0.113.1 7001 198.51.100.10 40000 40511 "${N:-3000}" "${ROUNDS:-7}"
