@@ -92,6 +92,25 @@ pub fn in_netns<T: Send + 'static>(name: &str, f: impl FnOnce() -> T + Send + 's
     }
 }
 
+/// A python3 helper (`-c code args...`) in the named namespace, without the shim, in a process
+/// group of its own (so a test can kill what it starts), stdout piped, stderr inherited.
+pub fn python_in_netns(name: &str, code: &'static str, args: Vec<String>) -> std::process::Child {
+    use std::os::unix::process::CommandExt;
+    in_netns(name, move || {
+        Command::new(crate::python3())
+            .arg("-c")
+            .arg(code)
+            .args(args)
+            .env_remove("LD_PRELOAD")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .process_group(0)
+            .spawn()
+            .expect("spawn a namespace helper")
+    })
+}
+
 /// Two named network namespaces, client and server, joined by a veth pair (`vc` in the client,
 /// `vs` in the server), both up with their loopback; deleted on drop. Names are
 /// `<prefix>c-PID-N` / `<prefix>s-PID-N`, unique across parallel tests and test binaries.

@@ -16,7 +16,6 @@ use cdylib_tests::*;
 use portrange::reserve::{Proto as ReserveProto, Reservation};
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
-use std::os::unix::process::CommandExt;
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -120,19 +119,7 @@ struct Bg {
 
 impl Bg {
     fn start(ns: &str, code: &'static str, args: Vec<String>) -> Bg {
-        let mut child = in_netns(ns, move || {
-            Command::new(python3())
-                .arg("-c")
-                .arg(code)
-                .args(args)
-                .env_remove("LD_PRELOAD")
-                .stdin(Stdio::null())
-                .stdout(Stdio::piped())
-                .stderr(Stdio::inherit())
-                .process_group(0)
-                .spawn()
-                .expect("spawn a namespace helper")
-        });
+        let mut child = python_in_netns(ns, code, args);
         let stdout = child.stdout.take().unwrap();
         let lines = Arc::new(Mutex::new(Vec::new()));
         let l2 = lines.clone();

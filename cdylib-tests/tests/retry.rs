@@ -694,17 +694,7 @@ while True:
 
 impl NsServer {
     fn start(ns: &str) -> NsServer {
-        let child = in_netns(ns, || {
-            Command::new(python3())
-                .args(["-c", PY_NS_SERVER, SERVER_IP, &SERVER_PORT.to_string()])
-                .env_remove("LD_PRELOAD")
-                .stdin(Stdio::null())
-                .stdout(Stdio::piped())
-                .stderr(Stdio::inherit())
-                .process_group(0)
-                .spawn()
-                .expect("spawn the namespace server")
-        });
+        let child = python_in_netns(ns, PY_NS_SERVER, vec![SERVER_IP.to_string(), SERVER_PORT.to_string()]);
         let mut child = Group(child);
         let stdout = child.0.stdout.take().unwrap();
         let lines = Arc::new(Mutex::new(Vec::new()));

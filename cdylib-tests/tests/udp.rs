@@ -306,6 +306,22 @@ struct SockLine {
     result: Result<SocketAddr, i32>,
 }
 
+/// Every flow placed, from the IPv6 slice on `::1` when it went to `::1`, else from the IPv4
+/// slice on SLICE_IP (v4-mapped destinations included).
+#[track_caller]
+fn expect_dual_slices(lines: &[SockLine], v4: (u16, u16), v6: (u16, u16), ctx: &str, out: &Output) {
+    for l in lines {
+        let local = l.result.unwrap_or_else(|e| panic!("[{ctx}] to {}: errno {e}\n{}", l.dst, out.dump()));
+        let (ip, (lo, hi)) = if l.dst.starts_with("::1 ") { ("::1", v6) } else { (SLICE_IP, v4) };
+        assert!(
+            in_slice(local, ip, lo, hi),
+            "[{ctx}] to {}: local {local} outside {ip}:{lo}-{hi}\n{}",
+            l.dst,
+            out.dump()
+        );
+    }
+}
+
 #[track_caller]
 fn sock_lines(out: &Output) -> Vec<SockLine> {
     out.fields("SOCK")
@@ -1029,18 +1045,7 @@ fn ipv6_and_v4_mapped_sockets_are_placed() {
         out.assert_success();
         let lines = sock_lines(&out);
         assert_eq!(lines.len(), 8, "[{ctx}]\n{}", out.dump());
-        for l in &lines {
-            let local =
-                l.result.unwrap_or_else(|e| panic!("[{ctx}] to {}: errno {e}\n{}", l.dst, out.dump()));
-            let (ip, lo, hi) =
-                if l.dst.starts_with("::1 ") { ("::1", lo6, hi6) } else { (SLICE_IP, lo4, hi4) };
-            assert!(
-                in_slice(local, ip, lo, hi),
-                "[{ctx}] to {}: local {local} outside {ip}:{lo}-{hi}\n{}",
-                l.dst,
-                out.dump()
-            );
-        }
+        expect_dual_slices(&lines, (lo4, hi4), (lo6, hi6), ctx, &out);
         expect_exact_replies(&out, if unconnected { 4 } else { 3 }, ctx);
         let src6 = s6.wait_sources(3);
         assert_eq!(src6.len(), 3, "[{ctx}] {src6:?}\n{}", out.dump());
@@ -1461,17 +1466,7 @@ fn a_free_slice_needs_no_lookup() {
             out.assert_success();
             let lines = sock_lines(&out);
             assert_eq!(lines.len(), 30, "[{ctx}]\n{}", out.dump());
-            for l in &lines {
-                let local =
-                    l.result.unwrap_or_else(|e| panic!("[{ctx}] to {}: errno {e}\n{}", l.dst, out.dump()));
-                let (ip, lo, hi) =
-                    if l.dst.starts_with("::1 ") { ("::1", lo6, hi6) } else { (SLICE_IP, lo4, hi4) };
-                assert!(
-                    in_slice(local, ip, lo, hi),
-                    "[{ctx}] {local} outside {ip}:{lo}-{hi}\n{}",
-                    out.dump()
-                );
-            }
+            expect_dual_slices(&lines, (lo4, hi4), (lo6, hi6), ctx, &out);
             expect_exact_replies(&out, 3, ctx);
             let src4 = s4.wait_sources(20);
             assert_eq!(src4.len(), 20, "[{ctx}] {src4:?}\n{}", out.dump());
