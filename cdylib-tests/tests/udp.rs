@@ -1575,9 +1575,12 @@ fn exclusive_and_checked_connects_never_share_a_4_tuple() {
             let placed_udp = stat_total(&stats, "placed_udp");
             assert_eq!(placed_udp, placed as i64, "[{ctx}]\n{}", dumps());
             assert!(checked >= 1, "[{ctx}] 24 sockets on 16 ports, yet no cookie check\n{}", dumps());
+            // Some placements took an exclusive port (no look-up). Counted directly: the number
+            // of look-ups grows with contention (one CI run: 51 for 24 placements, 11-13 of them
+            // exclusive), so a bound on it was a flaky proxy.
             assert!(
-                lookups < 2 * placed_udp,
-                "[{ctx}] {lookups} look-ups for {placed_udp} placements: none placed without one\n{}",
+                checked < placed_udp,
+                "[{ctx}] {checked} of {placed_udp} placements needed the cookie check: none placed exclusively\n{}",
                 dumps()
             );
             println!("[{ctx}] placed {placed}, cookie checks {checked}, look-ups {lookups}");
